@@ -1,0 +1,5 @@
+import sys
+
+from dlsummary.cli import main
+
+sys.exit(main())

@@ -1,0 +1,172 @@
+"""What every CLI command shares: the MODEL spec, ``--input-size``, ``--kwargs``,
+``--device``, ``--json`` and the error conventions (exit 0 success, 1 a check failed,
+2 bad usage or input, with a one-line message)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dlsummary.errors import DLSummaryError
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class CLIError(DLSummaryError):
+    """A bad command line or input; printed as one line, exit code 2."""
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (plus a pointer to --help), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def parse_input_size(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``."""
+    parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        raise CLIError(
+            f"--input-size {text!r} is not a list of integers; write the input batch's "
+            "shape, e.g. --input-size 1,3,224,224"
+        ) from None
+    if not size or any(s <= 0 for s in size):
+        raise CLIError(
+            f"--input-size {text!r} must list positive integers, e.g. --input-size 1,3,224,224"
+        )
+    return size
+
+
+def parse_kwargs(text: str | None) -> dict[str, Any]:
+    """``--kwargs '{"depth": 3}'`` -> ``{"depth": 3}``."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CLIError(f"--kwargs {text!r} is not valid JSON ({err.msg}); "
+                       "write e.g. --kwargs '{\"depth\": 3}'") from None
+    if not isinstance(value, dict):
+        raise CLIError(f"--kwargs must be a JSON object such as '{{\"depth\": 3}}', got {text!r}")
+    return value
+
+
+def load_callable(spec: str) -> Any:
+    """Resolve ``package.module:callable`` or ``path/to/file.py:callable``."""
+    if ":" not in spec:
+        raise CLIError(
+            f"MODEL {spec!r} must be 'package.module:callable' or 'path/to/file.py:callable'"
+        )
+    target, _, name = spec.rpartition(":")
+    if not target or not name:
+        raise CLIError(
+            f"MODEL {spec!r} must be 'package.module:callable' or 'path/to/file.py:callable'"
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise CLIError(f"MODEL {spec!r}: file {str(path)!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        if module_spec is None or module_spec.loader is None:
+            raise CLIError(f"MODEL {spec!r}: cannot import {str(path)!r} as a Python file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:  # the user's file failed to import
+            raise CLIError(
+                f"MODEL {spec!r}: importing {str(path)!r} raised {type(err).__name__}: {err}"
+            ) from err
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as err:
+            raise CLIError(f"MODEL {spec!r}: no module named {err.name!r}") from err
+        except Exception as err:
+            raise CLIError(
+                f"MODEL {spec!r}: importing {target!r} raised {type(err).__name__}: {err}"
+            ) from err
+    try:
+        return getattr(module, name)
+    except AttributeError:
+        raise CLIError(f"MODEL {spec!r}: {target!r} has no attribute {name!r}") from None
+
+
+def load_model(spec: str, kwargs: dict[str, Any] | None = None, device: str | None = None):
+    """Build the ``nn.Module`` that MODEL names (calling it with ``kwargs`` when it is a
+    callable), in eval mode, on ``device``."""
+    import torch
+    from torch import nn
+
+    obj = load_callable(spec)
+    if isinstance(obj, nn.Module):
+        if kwargs:
+            raise CLIError(f"MODEL {spec!r} is a module instance; --kwargs needs a callable")
+        model = obj
+    elif callable(obj):
+        try:
+            model = obj(**(kwargs or {}))
+        except Exception as err:
+            raise CLIError(
+                f"MODEL {spec!r}: calling it with {kwargs or {}} raised "
+                f"{type(err).__name__}: {err}"
+            ) from err
+    else:
+        raise CLIError(f"MODEL {spec!r} is a {type(obj).__name__}, not a callable or nn.Module")
+    if not isinstance(model, nn.Module):
+        raise CLIError(
+            f"MODEL {spec!r} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    if device:
+        try:
+            dev = torch.device(device)
+        except RuntimeError as err:
+            raise CLIError(f"--device {device!r} is not a device ({err})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise CLIError("--device cuda was asked for, but no CUDA device is available")
+        model = model.to(dev)
+    return model.eval()
+
+
+def model_parent() -> argparse.ArgumentParser:
+    """The arguments every command on a user's model takes."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "model", metavar="MODEL",
+        help="'package.module:callable' or 'path/to/file.py:callable' returning an nn.Module",
+    )
+    parent.add_argument(
+        "--input-size", required=True, type=str, metavar="N,C,H,W",
+        help="shape of one input batch, e.g. 1,3,224,224",
+    )
+    parent.add_argument(
+        "--kwargs", default=None, metavar="JSON",
+        help="keyword arguments for the MODEL callable, as a JSON object",
+    )
+    parent.add_argument("--device", default=None, help="cpu (default) or cuda")
+    parent.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return parent
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)

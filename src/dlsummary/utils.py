@@ -1,0 +1,39 @@
+"""Small helpers shared by the answer key and the tools: seeds, devices, data."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int = 0) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA) so that a cell gives the same numbers
+    on every run; returns a fresh ``torch.Generator`` seeded the same way for code that
+    wants its own stream."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    return torch.Generator().manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU. Experiments use it only where the results' meaning
+    does not depend on the device."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def digits(dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8x8 digits (1,797 images, no download) as tensors.
+
+    Returns ``images`` of shape (1797, 1, 8, 8) scaled to [0, 1] and ``labels`` (1797,).
+    """
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = torch.tensor(data.images, dtype=dtype).unsqueeze(1) / 16.0
+    labels = torch.tensor(data.target, dtype=torch.long)
+    return images, labels
