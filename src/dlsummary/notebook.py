@@ -88,8 +88,12 @@ def summarise_answer(answer: str) -> str:
     verdicts = _ITEM_VERDICT.findall(body)
     if verdicts and all(v for _, v in verdicts):
         return "; ".join(f"{letter}: {verdict}" for letter, verdict in verdicts)
-    first = body.strip().split("\n\n", 1)[0]
-    return _first_sentence(first.replace("**", ""))
+    first = " ".join(body.strip().split("\n\n", 1)[0].replace("**", "").split())
+    sentence = _first_sentence(first)
+    if sentence.rstrip(".").lower() in ("true", "false", "yes", "no"):
+        # a bare verdict: add the reason that follows it
+        sentence = f"{sentence} {_first_sentence(first[len(sentence):])}".strip()
+    return sentence
 
 
 def questions(nb: nbformat.NotebookNode) -> list[Question]:

@@ -150,6 +150,9 @@ def _short_error(err: Exception) -> str:
 
 # --------------------------------------------------------------------------- HTML
 
+_MACRO_BLOCK = re.compile(r"\$\$(?:(?!\$\$).)*?\\newcommand.*?\$\$", re.S)
+
+
 def _preamble_macros(nb: nbformat.NotebookNode) -> str:
     return "\n".join(c.source for c in nb.cells if c.cell_type == "markdown"
                      and "\\newcommand" in c.source)
@@ -201,7 +204,7 @@ main { max-width: 1100px; margin: 0 auto; }
 .dls-table { border-collapse: collapse; width: 100%; }
 .dls-table td, .dls-table th { border-bottom: 1px solid #ddd; padding: 4px 8px;
   text-align: left; vertical-align: top; }
-.dls-table td:first-child { white-space: nowrap; font-family: monospace; }
+.dls-table td:first-child { white-space: nowrap; font-family: monospace; width: 7em; }
 math[display="block"] { margin: 0.6em 0; font-size: 1.1em; }
 .dls-footer { color: #666; font-size: 12px; margin: 2em 0; }
 </style>
@@ -222,9 +225,8 @@ def notebook_to_html(nb: nbformat.NotebookNode, title: str = "dlsummary answer k
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "markdown":
             continue
-        if "\\newcommand" in cell.source and cell.source.strip().startswith("$$"):
-            cell.source = ""  # the macro definitions themselves are not shown
-            continue
+        # the macro definitions themselves are not shown
+        cell.source = _MACRO_BLOCK.sub("", cell.source)
 
         def render(tex: str, display: bool, _qid=owners[index]) -> str:
             try:
