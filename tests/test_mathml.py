@@ -65,3 +65,14 @@ def test_bad_tex_names_the_formula():
 @given(st.text(alphabet="abcxyz ", min_size=1, max_size=20).filter(str.strip))
 def test_plain_text_without_dollars_is_unchanged(text):
     assert replace_math(text, lambda tex, display: "M") == text
+
+
+def test_arg_min_renders_as_an_operator():
+    mathml = tex_to_mathml(r"\arg\min_{\vec{y}} f(\vec{y})")
+    body = mathml.split(">", 1)[1]  # past the data-tex attribute that keeps the source
+    assert "\\arg" not in body and ">arg<" in body
+
+
+def test_unsupported_command_is_an_error_not_raw_text(monkeypatch):
+    with pytest.raises(DLSummaryError, match=r"\\hline"):
+        tex_to_mathml(r"a \hline b")

@@ -12,7 +12,7 @@ from conftest import NOTEBOOK, QUESTIONS_MD
 from dlsummary.notebook import cell_text_output, questions
 
 IPYNB = NOTEBOOK.with_suffix(".ipynb")
-ALL_SECTIONS_BUILT = False  # sections not built yet are simply absent
+ALL_SECTIONS_BUILT = True
 
 
 def test_jupytext_pair_is_in_sync():
@@ -83,3 +83,13 @@ def test_answer_key_is_deterministic(executed_report, tmp_path):
             ta = _TIMING.sub("<t>", cell_text_output(a))
             tb = _TIMING.sub("<t>", cell_text_output(b))
             assert ta == tb, f"cell differs between runs:\n{ta}\n---\n{tb}"
+
+
+def test_long_summaries_are_cut_outside_formulas():
+    from dlsummary.notebook import summarise_answer
+
+    answer = "**Answer:** " + "word " * 60 + "$" + "x+" * 100 + "y$ and more words."
+    summary = summarise_answer(answer)
+    assert summary.endswith("...") and summary.count("$") % 2 == 0
+    short = summarise_answer("**Answer:** **False.** Because $a=b$. More text here.")
+    assert short == "False. Because $a=b$."

@@ -27,6 +27,7 @@ _EXPORTS = {
     "check_module_gradients": "dlsummary.gradients",
     "GradientCheck": "dlsummary.gradients",
     "argmin_layer": "dlsummary.implicit",
+    "ArgminLayer": "dlsummary.implicit",
     "seed_everything": "dlsummary.utils",
     "default_device": "dlsummary.utils",
     "digits": "dlsummary.utils",
@@ -34,6 +35,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "ArgminLayer",
     "DLSummaryError",
     "EmpiricalReceptiveField",
     "GradientCheck",
@@ -61,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         check_module_gradients,
         numerical_gradient,
     )
-    from dlsummary.implicit import argmin_layer
+    from dlsummary.implicit import ArgminLayer, argmin_layer
     from dlsummary.receptive_field import (
         EmpiricalReceptiveField,
         ReceptiveField,
@@ -76,9 +78,11 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'dlsummary' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    loaded = importlib.import_module(module)
+    # Importing a submodule sets it as an attribute of the package, which would shadow a
+    # function of the same name (dlsummary.receptive_field): bind every name it exports.
+    globals().update({n: getattr(loaded, n) for n, m in _EXPORTS.items() if m == module})
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

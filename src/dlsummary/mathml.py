@@ -128,7 +128,9 @@ def _normalise(tex: str) -> str:
     tex = _ALIGNED.sub(aligned, tex)
     tex = tex.replace(r"\lVert", r"\|").replace(r"\rVert", r"\|")
     tex = tex.replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
-    tex = re.sub(r"\\(displaystyle|textstyle)\b", "", tex)
+    tex = re.sub(r"\\(displaystyle|textstyle|nonumber)\b", "", tex)
+    tex = re.sub(r"\\(label|tag)\{[^}]*\}", "", tex)
+    tex = re.sub(r"\\arg(?![A-Za-z])", r"\\operatorname{arg}", tex)
     return tex
 
 
@@ -143,6 +145,12 @@ def tex_to_mathml(tex: str, display: bool = False, macros: dict[str, Macro] | No
         raise DLSummaryError(
             f"cannot convert TeX to MathML ({type(err).__name__}: {err}): {tex.strip()!r}"
         ) from err
+    leftover = re.search(r">[^<]*?(\\[A-Za-z]+)", mathml)
+    if leftover:
+        raise DLSummaryError(
+            f"TeX command {leftover.group(1)} is not supported by the MathML converter "
+            f"(in {tex.strip()!r}); write it with standard commands"
+        )
     # keep the source on the element, for copy-and-paste and for tests
     return mathml.replace("<math ", f'<math data-tex="{_attr(tex.strip())}" ', 1)
 

@@ -78,7 +78,23 @@ def _first_sentence(text: str) -> str:
     text = " ".join(text.split())
     match = re.match(r"(.+?[.!?])(\s|$)", text)
     sentence = match.group(1) if match else text
-    return sentence[:297] + "..." if len(sentence) > 300 else sentence
+    return _shorten(sentence)
+
+
+def _shorten(text: str, limit: int = 320) -> str:
+    """Cut a long line at a word boundary outside any ``$...$`` formula."""
+    if len(text) <= limit:
+        return text
+    cut = None
+    in_math = False
+    for i, char in enumerate(text):
+        if char == "$" and (i == 0 or text[i - 1] != "\\"):
+            in_math = not in_math
+        elif char == " " and not in_math:
+            if i > limit:
+                break
+            cut = i
+    return text if cut is None else text[:cut].rstrip(",;:") + " ..."
 
 
 def summarise_answer(answer: str) -> str:

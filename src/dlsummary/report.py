@@ -7,6 +7,7 @@ a summary table of every answer, built from the notebook itself.
 
 from __future__ import annotations
 
+import bisect
 import html
 import json
 import os
@@ -34,6 +35,7 @@ from dlsummary.notebook import (
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 KERNEL_TIMEOUT_S = 600
+KERNEL_NAME = "dlsummary-python"
 
 
 class ReportCellError(DLSummaryError):
@@ -74,13 +76,17 @@ def _kernel_spec_dir() -> tempfile.TemporaryDirectory:
     """A kernelspec for *this* interpreter, so the fresh kernel sees the same packages
     whatever kernels the user has installed elsewhere."""
     tmp = tempfile.TemporaryDirectory(prefix="dlsummary-kernel-")
-    spec_dir = Path(tmp.name) / "kernels" / "dlsummary-python"
+    spec_dir = Path(tmp.name) / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
     spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 "--log-level=ERROR"],
         "display_name": "dlsummary (Python)",
         "language": "python",
-        "env": {"PYTHONHASHSEED": "0", "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
+        # One thread: the experiments are small (threads would mostly wait on each other)
+        # and a fixed thread count gives the same floating-point sums on every machine.
+        "env": {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     return tmp
@@ -95,49 +101,64 @@ def execute_notebook(
 
     Raises :class:`ReportCellError` naming the question whose cell failed.
     """
-    from jupyter_client.kernelspec import KernelSpecManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     owners = question_of_cell(nb)
+    sections = _section_of_cell(nb)
     n_code = sum(c.cell_type == "code" for c in nb.cells)
     timings: dict[str, float] = {}
-    state = {"qid": None, "start": time.perf_counter(), "index": -1, "done": 0}
+    state: dict = {"label": None, "start": time.perf_counter(), "index": -1, "done": 0}
+
+    def close_label(now: float) -> None:
+        if state["label"] is not None:
+            timings[state["label"]] = timings.get(state["label"], 0.0) + now - state["start"]
 
     def on_cell_execute(cell, cell_index, **_):
         state["index"] = cell_index
         state["done"] += 1
-        qid = owners[cell_index] or "preamble"
-        if qid != state["qid"]:
+        label = owners[cell_index] or f"{sections[cell_index] or 'preamble'} (setup)"
+        if label != state["label"]:
             now = time.perf_counter()
-            if state["qid"] is not None:
-                timings[state["qid"]] = timings.get(state["qid"], 0.0) + now - state["start"]
-            state["qid"], state["start"] = qid, now
+            close_label(now)
+            state["label"], state["start"] = label, now
             if progress:
-                progress(f"[{state['done']:3d}/{n_code}] {qid}")
+                progress(f"[{state['done']:3d}/{n_code}] {label}")
 
     with _kernel_spec_dir() as spec_root:
-        client = NotebookClient(
-            nb,
-            timeout=KERNEL_TIMEOUT_S,
-            kernel_name="dlsummary-python",
-            resources={"metadata": {"path": str(cwd)}},
-            on_cell_execute=on_cell_execute,
-        )
-        client.kernel_manager_class.kernel_spec_manager_class = KernelSpecManager
-        client.km = client.kernel_manager_class(
-            kernel_name="dlsummary-python",
-            kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(Path(spec_root) / "kernels")]),
-        )
+        # the fresh kernel's spec is found through JUPYTER_PATH, for this call only
+        saved = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [spec_root, saved]))
         try:
+            client = NotebookClient(
+                nb,
+                timeout=KERNEL_TIMEOUT_S,
+                kernel_name=KERNEL_NAME,
+                resources={"metadata": {"path": str(cwd)}},
+                on_cell_execute=on_cell_execute,
+            )
             client.execute()
         except (CellExecutionError, CellTimeoutError) as err:
             qid = owners[state["index"]] if state["index"] >= 0 else None
             raise ReportCellError(qid, state["index"], _short_error(err)) from err
-    if state["qid"] is not None:
-        elapsed = time.perf_counter() - state["start"]
-        timings[state["qid"]] = timings.get(state["qid"], 0.0) + elapsed
+        finally:
+            if saved is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = saved
+    close_label(time.perf_counter())
     return timings
+
+
+def _section_of_cell(nb: nbformat.NotebookNode) -> list[str | None]:
+    section: str | None = None
+    out: list[str | None] = []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and not QUESTION_HEADING.search(cell.source):
+            match = SECTION_HEADING.search(cell.source)
+            section = match.group(1) if match else section
+        out.append(section)
+    return out
 
 
 def _short_error(err: Exception) -> str:
@@ -190,7 +211,8 @@ def _summary_html(nb: nbformat.NotebookNode, macros: dict) -> str:
     return (
         '<nav id="contents" class="dls-summary"><h2>Contents</h2><ol>' + "".join(toc) + "</ol>"
         '<h2 id="summary">Summary of the answers</h2>'
-        '<table class="dls-table"><thead><tr><th>question</th><th>answer</th></tr></thead>'
+        '<table class="dls-table"><colgroup><col style="width: 7em"><col></colgroup>'
+        '<thead><tr><th>question</th><th>answer</th></tr></thead>'
         "<tbody>" + "".join(rows) + "</tbody></table></nav>"
     )
 
@@ -204,7 +226,8 @@ main { max-width: 1100px; margin: 0 auto; }
 .dls-table { border-collapse: collapse; width: 100%; }
 .dls-table td, .dls-table th { border-bottom: 1px solid #ddd; padding: 4px 8px;
   text-align: left; vertical-align: top; }
-.dls-table td:first-child { white-space: nowrap; font-family: monospace; width: 7em; }
+.dls-table { table-layout: fixed; }
+.dls-table td:first-child { white-space: nowrap; font-family: monospace; }
 math[display="block"] { margin: 0.6em 0; font-size: 1.1em; }
 .dls-footer { color: #666; font-size: 12px; margin: 2em 0; }
 </style>
@@ -257,6 +280,9 @@ def notebook_to_html(nb: nbformat.NotebookNode, title: str = "dlsummary answer k
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
+    # plots get a text alternative naming the question they belong to
+    body = re.sub(r'<img alt="No description has been provided for this image"',
+                  _alt_text(body), body)
 
     def put_back(match: re.Match[str]) -> str:
         return rendered[int(match.group(1))]
@@ -274,6 +300,20 @@ def notebook_to_html(nb: nbformat.NotebookNode, title: str = "dlsummary answer k
     if external:
         raise DLSummaryError(f"the report would load external resources: {external[:3]}")
     return body
+
+
+def _alt_text(body: str) -> Callable[[re.Match[str]], str]:
+    """A replacement that labels each image with the question whose heading precedes it."""
+    anchors = [(m.start(), m.group(1).replace("-", "."))
+               for m in re.finditer(r'<a id="q-([a-z]+-\d+)"', body)]
+    positions = [pos for pos, _ in anchors]
+
+    def label(match: re.Match[str]) -> str:
+        k = bisect.bisect_left(positions, match.start())
+        qid = anchors[k - 1][1] if k else "the preamble"
+        return f'<img alt="plot for {qid}"'
+
+    return label
 
 
 # --------------------------------------------------------------------------- the command

@@ -9,15 +9,13 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int = 0) -> torch.Generator:
+def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and PyTorch (CPU and CUDA) so that a cell gives the same numbers
-    on every run; returns a fresh ``torch.Generator`` seeded the same way for code that
-    wants its own stream."""
+    on every run. (Returns nothing, so that a cell ending with it shows no output.)"""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
-    return torch.Generator().manual_seed(seed)
 
 
 def default_device() -> torch.device:

@@ -104,13 +104,17 @@ def load_callable(spec: str) -> Any:
         raise CLIError(f"MODEL {spec!r}: {target!r} has no attribute {name!r}") from None
 
 
-def load_model(spec: str, kwargs: dict[str, Any] | None = None, device: str | None = None):
+def load_model(
+    spec: str, kwargs: dict[str, Any] | None = None, device: str | None = None, seed: int = 0
+):
     """Build the ``nn.Module`` that MODEL names (calling it with ``kwargs`` when it is a
-    callable), in eval mode, on ``device``."""
+    callable), in eval mode, on ``device``. The random initialisation is seeded with
+    ``seed``, so a command gives the same numbers on every run."""
     import torch
     from torch import nn
 
     obj = load_callable(spec)
+    torch.manual_seed(seed)
     if isinstance(obj, nn.Module):
         if kwargs:
             raise CLIError(f"MODEL {spec!r} is a module instance; --kwargs needs a callable")

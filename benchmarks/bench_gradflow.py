@@ -1,0 +1,148 @@
+"""Overhead of ``gradient_flow`` on ``mlpirate`` (losses.2's model) with a batch of 4096.
+
+Times one forward and backward pass with and without the recorder, side by side in one
+run (interleaved, median of repeats), and a naive recorder that reads every statistic
+back with ``.item()`` inside its hooks (and norms its gradients in float64), the way one
+would first write it. Target: the recorder's overhead is at most 20 % over the plain pass.
+On a shared machine the best-of-N time (the least disturbed run, as ``timeit`` reports)
+is the figure to compare; the median is printed beside it.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_gradflow.py``
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dlsummary import gradient_flow, seed_everything
+
+TARGET_OVERHEAD = 0.20
+
+
+def mlpirate(n_inputs: int = 42, hidden: int = 128) -> nn.Sequential:
+    """The model of losses.2, exactly as given in the question."""
+    return nn.Sequential(
+        nn.Linear(in_features=n_inputs, out_features=hidden),
+        nn.Sigmoid(),
+        *[nn.Linear(in_features=hidden, out_features=hidden), nn.Sigmoid()] * 24,
+        nn.Linear(in_features=hidden, out_features=1),
+    )
+
+
+def healthy_pirate(n_inputs: int = 42, hidden: int = 128) -> nn.Sequential:
+    """mlpirate with ReLU and He initialisation: gradients stay in float32's normal range."""
+    net = nn.Sequential(
+        nn.Linear(n_inputs, hidden), nn.ReLU(),
+        *[nn.Linear(hidden, hidden), nn.ReLU()] * 24,
+        nn.Linear(hidden, 1),
+    )
+    for module in net.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    return net
+
+
+def _naive_recorder(model: nn.Module) -> Callable[[], None]:
+    """Per-call statistics read back with .item() inside the hooks; returns a remover."""
+    handles = []
+    stats: list[float] = []
+
+    def forward_hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if isinstance(module, (nn.Sigmoid, nn.Tanh)):
+            stats.append(((output - 0.5).abs() > 0.475).float().mean().item())
+        if output.requires_grad:
+            handles.append(output.register_hook(
+                lambda g: stats.append(g.double().norm().item())))
+
+    for module in model.modules():
+        if not any(True for _ in module.children()):
+            handles.append(module.register_forward_hook(forward_hook))
+
+    def remove() -> None:
+        for h in handles:
+            h.remove()
+    return remove
+
+
+def _time_variants(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int,
+                   ) -> dict[str, list[float]]:
+    """Wall-clock seconds of each variant's forward + backward, interleaved."""
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+
+    def plain() -> None:
+        model.zero_grad(set_to_none=True)
+        ((model(x) - y) ** 2).mean().backward()
+
+    def recorded() -> None:
+        model.zero_grad(set_to_none=True)
+        with gradient_flow(model):
+            ((model(x) - y) ** 2).mean().backward()
+
+    def naive() -> None:
+        model.zero_grad(set_to_none=True)
+        remove = _naive_recorder(model)
+        try:
+            ((model(x) - y) ** 2).mean().backward()
+        finally:
+            remove()
+
+    variants = {"plain": plain, "gradient_flow": recorded, "naive .item()": naive}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def main(batch: int = 4096, repeats: int = 11, device: str | None = None) -> dict:
+    """Time plain, gradient_flow and naive passes on mlpirate (vanishing gradients, down to
+    1e-22) and on a healthy ReLU twin; print the table and return the figures."""
+    seed_everything(0)
+    dev = torch.device(device or "cpu")
+    x = torch.randn(batch, 42, device=dev)
+    y = torch.randn(batch, 1, device=dev)
+    print(f"batch {batch}, {dev}, {torch.get_num_threads()} thread(s), {repeats} interleaved "
+          "repeats; best = least disturbed run (as timeit reports), median beside it")
+    print(f"{'model':<16}{'variant':<16}{'best ms':>9}{'vs plain':>10}{'median ms':>11}"
+          f"{'vs plain':>10}")
+    figures: dict = {"device": str(dev), "batch": batch, "repeats": repeats,
+                     "threads": torch.get_num_threads(), "target_overhead": TARGET_OVERHEAD}
+    for label, build in (("mlpirate", mlpirate), ("ReLU + He init", healthy_pirate)):
+        times = _time_variants(build().to(dev), x, y, repeats)
+        best = {name: min(ts) for name, ts in times.items()}
+        median = {name: statistics.median(ts) for name, ts in times.items()}
+        for name in times:
+            print(f"{label:<16}{name:<16}{1e3 * best[name]:>9.1f}"
+                  f"{best[name] / best['plain']:>10.3f}{1e3 * median[name]:>11.1f}"
+                  f"{median[name] / median['plain']:>10.3f}")
+        key = "mlpirate" if label == "mlpirate" else "healthy"
+        figures[f"{key}_plain_ms"] = 1e3 * best["plain"]
+        figures[f"{key}_gradient_flow_ms"] = 1e3 * best["gradient_flow"]
+        figures[f"{key}_overhead"] = best["gradient_flow"] / best["plain"] - 1
+        figures[f"{key}_overhead_median"] = median["gradient_flow"] / median["plain"] - 1
+        figures[f"{key}_naive_overhead"] = best["naive .item()"] / best["plain"] - 1
+    overhead = figures["mlpirate_overhead"]
+    figures["overhead"] = overhead
+    figures["target_met"] = overhead <= TARGET_OVERHEAD
+    verdict = "met" if figures["target_met"] else "NOT met"
+    print(f"target: gradient_flow overhead on mlpirate <= {TARGET_OVERHEAD:.0%}: "
+          f"{overhead:+.1%} best-of-{repeats}, {figures['mlpirate_overhead_median']:+.1%} "
+          f"median ({verdict}); healthy twin {figures['healthy_overhead']:+.1%}")
+    return figures
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(device=sys.argv[1] if len(sys.argv) > 1 else None)

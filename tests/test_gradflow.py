@@ -1,0 +1,377 @@
+"""gradient_flow against direct measurements: retained gradients, hand-built dead and
+saturated units, hooks and model state before and after."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from dlsummary import DLSummaryError, GradientFlow, gradient_flow
+from dlsummary.gradflow import LayerCall, _norm
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def shared_stack(depth: int = 24, width: int = 16, act: type[nn.Module] = nn.Sigmoid,
+                 n_in: int = 8) -> nn.Sequential:
+    """mlpirate's construction: ``[Linear, act] * depth`` repeats the same two objects."""
+    return nn.Sequential(nn.Linear(n_in, width), act(),
+                         *[nn.Linear(width, width), act()] * depth, nn.Linear(width, 1))
+
+
+def distinct_stack(depth: int, width: int, act: type[nn.Module], n_in: int = 8,
+                   gain: float = 1.0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Linear(n_in, width), act()]
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), act()]
+    net = nn.Sequential(*layers, nn.Linear(width, 1)).to(dtype)
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Linear):
+                m.weight.mul_(gain)
+    return net
+
+
+def measure(model: nn.Module, x: torch.Tensor, **kwargs) -> GradientFlow:
+    with gradient_flow(model, **kwargs) as flow:
+        model(x).pow(2).mean().backward()
+    return flow
+
+
+def retained_norms(model: nn.Sequential, x: torch.Tensor) -> list[float]:
+    """The reference: every layer output's gradient, retained and normed in float64."""
+    outs = []
+    h = x
+    for layer in model:
+        h = layer(h)
+        h.retain_grad()
+        outs.append(h)
+    h.pow(2).mean().backward()
+    return [o.grad.double().norm().item() for o in outs]
+
+
+def hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+               for m in model.modules()) + sum(
+        len(p._backward_hooks or {}) for p in model.parameters())
+
+
+# -- what it measures -------------------------------------------------------------------
+@settings(max_examples=15, deadline=None)
+@given(depth=st.integers(1, 6), width=st.integers(2, 24), act=st.sampled_from(sorted(ACTIVATIONS)),
+       batch=st.integers(1, 16), seed=st.integers(0, 10_000))
+def test_grad_output_norms_match_retained_gradients(depth, width, act, batch, seed):
+    torch.manual_seed(seed)
+    net = distinct_stack(depth, width, ACTIVATIONS[act])
+    x = torch.randn(batch, 8)
+    flow = measure(net, x)
+    net.zero_grad()
+    expected = retained_norms(net, x)
+    assert len(flow.layers) == len(net)
+    for call, ref in zip(flow.layers, expected, strict=True):
+        assert call.grad_output_norm == pytest.approx(ref, rel=1e-5, abs=1e-30)
+
+
+def test_every_call_of_a_shared_module_is_reported():
+    torch.manual_seed(0)
+    net = shared_stack(depth=24)
+    flow = measure(net, torch.randn(32, 8))
+    linear_calls = [c for c in flow.layers if c.name == "2"]
+    assert [c.call for c in linear_calls] == list(range(1, 25))
+    assert all(c.calls == 24 and "called 24 times" in c.shared for c in linear_calls)
+    assert "24 names" in linear_calls[0].shared
+    assert any("2 (Linear) shared" in note for note in flow.notes)
+    assert not flow.layers[0].shared and flow.layers[0].calls == 1
+
+
+def test_parameter_gradient_is_this_pass_summed_over_calls():
+    torch.manual_seed(0)
+    net = shared_stack(depth=5)
+    x = torch.randn(16, 8)
+    net(x).sum().backward()  # a stale gradient already sits in .grad before the context
+    flow = measure(net, x)
+    net.zero_grad()
+    net(x).pow(2).mean().backward()  # the same pass alone: autograd sums the 5 calls
+    fresh = math.sqrt(net[2].weight.grad.norm() ** 2 + net[2].bias.grad.norm() ** 2)
+    weight = math.sqrt(net[2].weight.detach().norm() ** 2 + net[2].bias.detach().norm() ** 2)
+    for record in flow.layers[2:12:2]:  # the shared Linear's five calls
+        assert record.param_grad_norm == pytest.approx(fresh, rel=1e-5)
+        assert record.weight_norm == pytest.approx(weight, rel=1e-6)
+        assert record.ratio == pytest.approx(fresh / weight, rel=1e-5)
+    assert flow.layers[1].param_grad_norm is None and flow.layers[1].weight_norm is None
+
+
+def test_tiny_gradients_do_not_underflow():
+    """mlpirate's gradients at the first layers are ~1e-22: a float32 norm returns 0."""
+    torch.manual_seed(0)
+    net = shared_stack(depth=24, width=32)
+    x = torch.randn(64, 8)
+    flow = measure(net, x)
+    net64 = shared_stack(depth=24, width=32).double()
+    net64.load_state_dict(net.state_dict())
+    net64.zero_grad()
+    expected = retained_norms(net64, x.double())
+    assert expected[0] < 1e-15  # the regime where float32 squares underflow
+    for call, ref in zip(flow.layers, expected, strict=True):
+        assert call.grad_output_norm == pytest.approx(ref, rel=1e-3)
+    assert flow.diagnosis == "vanishing" and flow.fold_change < 1e-12
+    assert "-fold from the last layer call (#50, Linear) to the first (#0, Linear)" in flow.reason
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e-16, 3e-15, 1e-10, 1.0, 1e10, 1e20])
+@pytest.mark.parametrize("hint", [None, 1e-25, 1.0, 1e25])
+def test_norm_is_exact_across_magnitudes(scale, hint):
+    t = torch.randn(300, 7, generator=torch.Generator().manual_seed(1)) * scale
+    expected = t.double().norm().item()
+    assert float(_norm(t, hint)) == pytest.approx(expected, rel=1e-5)
+    assert float(_norm(torch.zeros(5))) == 0.0
+
+
+def test_dead_and_saturated_fractions_match_hand_built_units():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 10)
+    with torch.no_grad():
+        lin.bias[:3] = -100.0   # pre-activation < 0 for every input: dead ReLU units
+        lin.bias[3:] = 100.0
+        lin.weight.mul_(0.01)
+    net = nn.Sequential(lin, nn.ReLU(), nn.Linear(10, 10), nn.Sigmoid(), nn.Linear(10, 1))
+    with torch.no_grad():
+        net[2].weight.zero_()
+        net[2].bias.copy_(torch.tensor([20.0] * 4 + [0.0] * 6))  # 4 of 10 saturated
+    flow = measure(net, torch.randn(50, 4))
+    assert flow.layers[1].dead_fraction == pytest.approx(0.3)
+    assert flow.layers[3].saturated_fraction == pytest.approx(0.4)
+    assert flow.layers[0].dead_fraction is None and flow.layers[1].saturated_fraction is None
+    assert any("dead units: 30.0%" in n for n in flow.notes)
+
+
+def test_tanh_saturation_threshold_is_the_sigmoid_one():
+    """tanh(x) = 2 sigmoid(2x) - 1: the same inputs count as saturated for both."""
+    x = torch.linspace(-6, 6, 401)[:, None]  # <= 512 examples: counted exactly
+    net = nn.Sequential(nn.Linear(1, 1), nn.Tanh())
+    with torch.no_grad():
+        net[0].weight.fill_(0.5)
+        net[0].bias.zero_()
+    seq = nn.Sequential(nn.Linear(1, 1), nn.Sigmoid())
+    with torch.no_grad():
+        seq[0].weight.fill_(1.0)
+        seq[0].bias.zero_()
+    sig = measure(seq, x)
+    tanh = measure(net, x)  # tanh(x/2) = 2 sigmoid(x) - 1
+    assert sig.layers[1].saturated_fraction == pytest.approx(tanh.layers[1].saturated_fraction,
+                                                             abs=2 / 401)
+    derivative = torch.sigmoid(x) * (1 - torch.sigmoid(x))
+    assert sig.layers[1].saturated_fraction == pytest.approx(
+        (derivative < 0.0975 * 0.25).float().mean().item(), abs=2 / 401)
+
+
+def test_saturation_on_a_large_sorted_batch_is_estimated_evenly():
+    x = torch.linspace(-8, 8, 4096)[:, None]  # sorted: a first-rows sample would be biased
+    seq = nn.Sequential(nn.Linear(1, 1), nn.Sigmoid())
+    with torch.no_grad():
+        seq[0].weight.fill_(1.0)
+        seq[0].bias.zero_()
+    s = torch.sigmoid(x)
+    exact = ((s * (1 - s)) < 0.0975 * 0.25).float().mean().item()
+    assert measure(seq, x).layers[1].saturated_fraction == pytest.approx(exact, abs=0.01)
+
+
+# -- diagnosis --------------------------------------------------------------------------
+def test_diagnoses_vanishing_exploding_and_healthy():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8)
+    vanishing = measure(distinct_stack(20, 32, nn.Sigmoid), x)
+    healthy_net = distinct_stack(20, 32, nn.ReLU)
+    for m in healthy_net:
+        if isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    healthy = measure(healthy_net, x)
+    exploding = measure(distinct_stack(20, 32, nn.Identity, gain=4.0), x)
+    assert vanishing.diagnosis == "vanishing" and "falls" in vanishing.reason
+    assert healthy.diagnosis == "healthy" and "within the threshold" in healthy.reason
+    assert exploding.diagnosis == "exploding" and "grows" in exploding.reason
+    assert exploding.fold_change > 1e3 > 1e-3 > vanishing.fold_change
+
+
+def test_threshold_moves_the_verdict():
+    torch.manual_seed(0)
+    net, x = distinct_stack(4, 16, nn.Sigmoid), torch.randn(16, 8)
+    fold = measure(net, x).fold_change
+    assert measure(net, x, threshold=0.5 / fold).diagnosis == "vanishing"
+    assert measure(net, x, threshold=2 / fold).diagnosis == "healthy"
+
+
+def test_non_finite_gradient_is_exploding():
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
+    with gradient_flow(net) as flow:
+        (net(torch.randn(4, 3)).sum() * float("inf")).backward()
+    assert flow.diagnosis == "exploding"
+    assert "inf" in flow.reason or "nan" in flow.reason
+
+
+# -- no hidden state --------------------------------------------------------------------
+def test_hooks_removed_and_model_unchanged():
+    torch.manual_seed(0)
+    net = shared_stack(depth=3)
+    net.eval()
+    before_state = {k: v.clone() for k, v in net.state_dict().items()}
+    before_hooks = hook_count(net)
+    flow = measure(net, torch.randn(8, 8))
+    assert hook_count(net) == before_hooks
+    assert not net.training
+    assert all(torch.equal(before_state[k], v) for k, v in net.state_dict().items())
+    # a later pass outside the context is not recorded
+    n_layers = len(flow.layers)
+    net(torch.randn(8, 8)).sum().backward()
+    assert len(flow.layers) == n_layers
+
+
+def test_hooks_removed_when_the_body_raises():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    before = hook_count(net)
+
+    class Boom(RuntimeError):
+        pass
+
+    with pytest.raises(Boom, match="inside the block"), gradient_flow(net) as flow:
+        net(torch.randn(2, 4))
+        raise Boom("inside the block")
+    assert hook_count(net) == before
+    assert flow.diagnosis == "not measured" and "Boom" in flow.reason
+
+
+def test_hooks_removed_when_the_model_raises_midway():
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 4), nn.Linear(5, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x))  # 4 features into a 5-feature layer
+
+    net = Broken()
+    before = hook_count(net)
+    with pytest.raises(RuntimeError), gradient_flow(net):
+        net(torch.randn(2, 4)).sum().backward()
+    assert hook_count(net) == before
+
+
+def test_fields_are_frozen():
+    flow = measure(nn.Sequential(nn.Linear(2, 2), nn.Tanh(), nn.Linear(2, 1)), torch.randn(3, 2))
+    with pytest.raises(AttributeError):
+        flow.diagnosis = "healthy"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        flow.layers[0].grad_output_norm = 1.0  # type: ignore[misc]
+    assert isinstance(flow.layers[0], LayerCall)
+
+
+def test_two_forward_passes_are_not_mistaken_for_sharing():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    with gradient_flow(net) as flow:
+        (net(torch.randn(5, 3)).sum() + net(torch.randn(5, 3)).sum()).backward()
+    assert len(flow.layers) == 6 and [c.call for c in flow.layers] == [1, 1, 1, 2, 2, 2]
+    assert not any(c.shared for c in flow.layers)
+    assert "2 forward passes" in flow.notes[0]
+
+
+# -- other models -----------------------------------------------------------------------
+def test_tied_parameters_are_pointed_out():
+    enc, dec = nn.Linear(6, 3, bias=False), nn.Linear(3, 6, bias=False)
+    net = nn.Sequential(enc, nn.Tanh(), dec)
+    dec.weight = nn.Parameter(enc.weight.detach().t().contiguous())  # not tied: a copy
+    assert not measure(net, torch.randn(5, 6)).layers[2].shared
+    shared_param = nn.Parameter(torch.randn(4, 4))
+    a, b = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+    a.weight = shared_param
+    b.weight = shared_param
+    flow = measure(nn.Sequential(a, nn.Tanh(), b), torch.randn(5, 4))
+    assert "parameters also owned by '2'" in flow.layers[0].shared
+    assert "parameters also owned by '0'" in flow.layers[2].shared
+
+
+def test_tuple_outputs_float64_and_containers():
+    torch.manual_seed(0)
+
+    class Recurrent(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 5, batch_first=True)
+            self.head = nn.Linear(5, 1)
+
+        def forward(self, x):
+            out, _ = self.rnn(x)
+            return self.head(out[:, -1])
+
+    net = Recurrent().double()
+    flow = measure(net, torch.randn(4, 7, 3, dtype=torch.float64))
+    assert [c.type for c in flow.layers] == ["GRU", "Linear"]
+    assert flow.layers[0].output_shape == (4, 7, 5)
+    assert all(c.grad_output_norm > 0 for c in flow.layers)
+
+
+# -- output ---------------------------------------------------------------------------
+def test_table_dict_and_plot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    torch.manual_seed(0)
+    flow = measure(shared_stack(depth=2), torch.randn(8, 8))
+    text = str(flow)
+    assert "|grad out|" in text and "Sigmoid" in text and "2/2" in text
+    assert text.count("\n") >= len(flow.layers) + 2 and "diagnosis:" in text
+    data = json.loads(json.dumps(flow.to_dict(), allow_nan=False))
+    assert data["diagnosis"] == flow.diagnosis and len(data["layers"]) == len(flow.layers)
+    assert data["layers"][2]["calls"] == 2
+    ax = flow.plot()
+    assert ax.get_yscale() == "log" and len(ax.lines) == 1
+    assert len(ax.lines[0].get_xdata()) == len(flow.layers)
+
+
+# -- errors ---------------------------------------------------------------------------
+def test_not_a_module():
+    with pytest.raises(DLSummaryError, match="expects a torch.nn.Module, got Tensor"):
+        gradient_flow(torch.randn(3))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("threshold", [1, 0.5, -3, float("inf"), "10", True])
+def test_bad_threshold(threshold):
+    with pytest.raises(DLSummaryError, match="finite number > 1"):
+        gradient_flow(nn.Linear(2, 2), threshold=threshold)
+
+
+def test_no_forward_and_no_backward():
+    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with pytest.raises(DLSummaryError, match="no layer of the model ran"), gradient_flow(net):
+        pass
+    with pytest.raises(DLSummaryError, match="call loss.backward"), gradient_flow(net):
+        net(torch.randn(3, 2))
+    with pytest.raises(DLSummaryError, match="no_grad"), gradient_flow(net), torch.no_grad():
+        net(torch.randn(3, 2))
+    assert hook_count(net) == 0
+
+
+def test_context_is_single_use():
+    net = nn.Linear(2, 1)
+    recorder = gradient_flow(net)
+    with recorder:
+        net(torch.randn(3, 2)).sum().backward()
+    with pytest.raises(DLSummaryError, match="only once"), recorder:
+        pass
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    net = shared_stack(depth=24, width=32)
+    x = torch.randn(64, 8)
+    cpu = measure(net, x)
+    gpu = measure(net.cuda(), x.cuda())
+    for a, b in zip(cpu.layers, gpu.layers, strict=True):
+        assert b.grad_output_norm == pytest.approx(a.grad_output_norm, rel=1e-3)
+    assert gpu.diagnosis == cpu.diagnosis == "vanishing"
