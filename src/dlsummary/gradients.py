@@ -43,6 +43,8 @@ DEFAULT_CHUNK_ELEMENTS = 2**21
 #: At most this many perturbed copies per side in one batch: beyond it vmap's overhead is
 #: already amortised, and fn's intermediate tensors grow with the batch.
 MAX_CHUNK_ROWS = 128
+PROBE_ROWS = 16  # rows timed through the loop before choosing
+VMAP_MARGIN = 0.7  # vmap is used when its time per row is below this fraction of the loop's
 
 _METHODS = ("central", "forward")
 
@@ -150,19 +152,18 @@ def _call(fn: Callable[..., Any], args: Sequence[Tensor], what: str) -> Tensor:
 class _BatchEvaluator:
     """Evaluates ``fn`` with argument ``index`` replaced by each row of a batch.
 
-    With ``vectorize=None`` it decides from measurement: the first batch goes through one
-    ``torch.func.vmap`` call (checked once against a plain call), the second through a
-    plain Python loop, and the faster per row is used for the rest. Batching wins when
+    With ``vectorize=None`` it decides from measurement on the first batch (see
+    ``_decide``) and uses the faster way per row for the rest. Batching wins when
     per-call overhead dominates ``fn``; a loop wins when vmap's batched kernels are slower
     than ``fn``'s own (e.g. a large matmul against a batched weight), so the result is
     never much slower than the loop. Functions vmap cannot run use the loop.
     """
 
     def __init__(self, fn: Callable[..., Any], args: Sequence[Tensor], index: int,
-                 vectorize: bool | None, what: str) -> None:
+                 vectorize: bool | None, what: str, total_rows: int | None = None) -> None:
         self.fn, self.args, self.index, self.what = fn, list(args), index, what
-        self.vectorize = vectorize  # None: decide on the first two batches
-        self._vmap_seconds_per_row: float | None = None
+        self.total_rows = total_rows  # evaluations the whole job needs, if known
+        self.vectorize = vectorize  # None: decide on the first batch
 
     def _with(self, value: Tensor) -> list[Tensor]:
         args = list(self.args)
@@ -179,31 +180,49 @@ class _BatchEvaluator:
         return torch.stack([_call(self.fn, self._with(row), self.what) for row in batch])
 
     def __call__(self, batch: Tensor) -> Tensor:
-        if self.vectorize is None and self._vmap_seconds_per_row is None:
-            try:
-                start = time.perf_counter()
-                out = self._vmapped(batch)
-                seconds = time.perf_counter() - start
-            except Exception:  # fn uses .item(), randomness, data-dependent control flow
-                self.vectorize = False
-            else:
-                # vmap must agree with a plain call; one extra evaluation settles it
-                reference = _call(self.fn, self._with(batch[-1]), self.what)
-                scale = max(1.0, abs(float(reference)))
-                tolerance = 64 * torch.finfo(batch.dtype).eps * scale
-                if abs(float(out[-1]) - float(reference)) <= tolerance:
-                    self._vmap_seconds_per_row = seconds / batch.shape[0]
-                    return out
-                self.vectorize = False
-        if self.vectorize is None:  # second batch: time the loop and keep the faster
-            start = time.perf_counter()
-            out = self._looped(batch)
-            loop_seconds_per_row = (time.perf_counter() - start) / batch.shape[0]
-            self.vectorize = bool(self._vmap_seconds_per_row <= loop_seconds_per_row)
-            return out
+        if self.vectorize is None:
+            return self._decide(batch)
         if self.vectorize:
             return self._vmapped(batch)
         return self._looped(batch)
+
+    def _decide(self, batch: Tensor) -> Tensor:
+        """Evaluate ``batch`` while choosing between vmap and the loop: a one-row warm-up
+        through vmap (checked against a plain call), then a vmap batch (large enough to
+        amortise vmap's per-call overhead, small next to the whole job) and ``PROBE_ROWS``
+        rows through the loop (its cost per row is steady), each timed. The rest of the
+        batch, and every later batch, goes the faster way per row."""
+        rows = batch.shape[0]
+        loop_probe = min(PROBE_ROWS, (rows - 1) // 2)
+        if loop_probe < 1:
+            return self._looped(batch)  # too few rows to measure; decide on a later batch
+        try:
+            warm = self._vmapped(batch[:1])
+        except Exception:  # fn uses .item(), randomness, data-dependent control flow
+            self.vectorize = False
+            return self._looped(batch)
+        reference = _call(self.fn, self._with(batch[0]), self.what)
+        scale = max(1.0, abs(float(reference)))
+        if abs(float(warm[0]) - float(reference)) > 64 * torch.finfo(batch.dtype).eps * scale:
+            self.vectorize = False  # vmap changes fn's result: never use it
+            return torch.cat([reference.reshape(1), self._looped(batch[1:])])
+        vmap_probe = rows - 1 - loop_probe
+        if self.total_rows is not None:  # a trial of at most ~1% of the job
+            vmap_probe = min(vmap_probe, max(2 * PROBE_ROWS, self.total_rows // 128))
+        start = time.perf_counter()
+        by_vmap = self._vmapped(batch[1 : 1 + vmap_probe])
+        vmap_per_row = (time.perf_counter() - start) / vmap_probe
+        start = time.perf_counter()
+        by_loop = self._looped(batch[1 + vmap_probe : 1 + vmap_probe + loop_probe])
+        loop_per_row = (time.perf_counter() - start) / loop_probe
+        # vmap only when clearly faster: its cost per row can grow with the batch (larger
+        # intermediates), while the loop's is steady, so a near tie goes to the loop
+        self.vectorize = bool(vmap_per_row <= VMAP_MARGIN * loop_per_row)
+        rest = batch[1 + vmap_probe + loop_probe :]
+        parts = [warm, by_vmap, by_loop]
+        if rest.shape[0]:
+            parts.append(self._vmapped(rest) if self.vectorize else self._looped(rest))
+        return torch.cat([p.reshape(-1) for p in parts])
 
 
 def _chunk_rows(numel: int, rows_per_step: int, chunk_size: int | None) -> int:
@@ -305,7 +324,8 @@ def numerical_gradient(
         grads = []
         for index, x in enumerate(args):
             step = float(eps) if eps is not None else default_eps(x.dtype, method)
-            evaluate = _BatchEvaluator(fn, args, index, vectorize, what)
+            sides = 2 if method == "central" else 1
+            evaluate = _BatchEvaluator(fn, args, index, vectorize, what, sides * x.numel())
             grads.append(_coordinate_gradient(evaluate, x, step, method, f0, chunk_size))
     return tuple(grads)
 
@@ -615,8 +635,9 @@ def _run_check(fn: Callable[..., Tensor], tensors: Sequence[Tensor], names: Sequ
         generator = torch.Generator().manual_seed(seed)
         for index, (name, x, g) in enumerate(zip(names, args, analytic, strict=True)):
             step = float(eps) if eps is not None else default_eps(x.dtype, method)
-            evaluate = _BatchEvaluator(fn, args, index, vectorize, what)
             n = x.numel()
+            evaluate = _BatchEvaluator(fn, args, index, vectorize, what,
+                                       sides * (directions if fast else n))
             norm = float(g.norm())
             if fast:
                 z = torch.randn((directions, n), generator=generator, dtype=torch.float64)
