@@ -31,6 +31,9 @@ _EXPORTS = {
     "seed_everything": "dlsummary.utils",
     "default_device": "dlsummary.utils",
     "digits": "dlsummary.utils",
+    "plot_style": "dlsummary.utils",
+    "check": "dlsummary.evidence",
+    "control": "dlsummary.evidence",
     "render_report": "dlsummary.report",
 }
 
@@ -44,18 +47,22 @@ __all__ = [
     "__version__",
     "argmin_layer",
     "check_gradients",
+    "check",
     "check_module_gradients",
+    "control",
     "default_device",
     "digits",
     "empirical_receptive_field",
     "gradient_flow",
     "numerical_gradient",
+    "plot_style",
     "receptive_field",
     "render_report",
     "seed_everything",
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from dlsummary.evidence import check, control
     from dlsummary.gradflow import GradientFlow, gradient_flow
     from dlsummary.gradients import (
         GradientCheck,
@@ -71,7 +78,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         receptive_field,
     )
     from dlsummary.report import render_report
-    from dlsummary.utils import default_device, digits, seed_everything
+    from dlsummary.utils import default_device, digits, plot_style, seed_everything
 
 
 def __getattr__(name: str) -> Any:

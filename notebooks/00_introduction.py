@@ -1,0 +1,51 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# $$
+# \newcommand{\mat}[1]{\boldsymbol {#1}}
+# \newcommand{\mattr}[1]{\boldsymbol {#1}^\top}
+# \newcommand{\matinv}[1]{\boldsymbol {#1}^{-1}}
+# \newcommand{\vec}[1]{\boldsymbol {#1}}
+# \newcommand{\vectr}[1]{\boldsymbol {#1}^\top}
+# \newcommand{\rvar}[1]{\mathrm {#1}}
+# \newcommand{\rvec}[1]{\boldsymbol{\mathrm{#1}}}
+# \newcommand{\diag}{\mathop{\mathrm {diag}}}
+# \newcommand{\set}[1]{\mathbb {#1}}
+# \newcommand{\cset}[1]{\mathcal{#1}}
+# \newcommand{\norm}[1]{\left\lVert#1\right\rVert}
+# \newcommand{\pderiv}[2]{\frac{\partial #1}{\partial #2}}
+# \newcommand{\bb}[1]{\boldsymbol{#1}}
+# \newcommand{\E}[2][]{\mathbb{E}_{#1}\left[#2\right]}
+# \newcommand{\ip}[3]{\left<#1,#2\right>_{#3}}
+# \newcommand{\given}[]{\,\middle\vert\,}
+# \newcommand{\DKL}[2]{\cset{D}_{\text{KL}}\left(#1\,\Vert\, #2\right)}
+# \newcommand{\grad}[]{\nabla}
+# \newcommand{\norm}[1]{\left\lVert#1\right\rVert}
+# $$
+#
+# # Part 2: Summary Questions
+# <a id=part2></a>
+#
+# This section contains summary questions about various topics from the course material.
+# Every answer below is followed by an experiment that measures what the answer claims and
+# `assert`s it: if a claim stopped being true, this notebook would fail.
+#
+# **Notes**
+#
+# - Clearly mark where your answer begins, e.g. write "**Answer:**" in the beginning of your cell.
+# - Provide a full explanation, even if the question doesn't explicitly state so. We will reduce points for partial explanations!
+# - This notebook should be runnable from start to end without any errors.
+#
+# <div class="dls-summary-here"></div>
