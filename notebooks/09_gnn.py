@@ -22,7 +22,13 @@ from torch import nn
 
 from dlsummary import plot_style, seed_everything
 from dlsummary.evidence import check, control
-from dlsummary.graph import PolynomialGraphConv, grid_graph, hop_distances, laplacian, node_influence
+from dlsummary.graph import (
+    PolynomialGraphConv,
+    grid_graph,
+    hop_distances,
+    laplacian,
+    node_influence,
+)
 
 plot_style()
 seed_everything(0)
