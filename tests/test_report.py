@@ -3,6 +3,7 @@ is left, and the page loads nothing from the network."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -25,20 +26,27 @@ TINY = textwrap.dedent('''\
     # ## Tiny
 
     # %% [markdown]
-    # ### tiny.1
+    # ### tiny.1 · bold vectors
     # Is $\\vec{x}$ bold?
 
     # %% [markdown]
     # **Answer:** Yes, $\\vec{x}$ is bold.
 
+    # %% [markdown]
+    # **Why, in detail.** The macro says so, i.e. it is $\\boldsymbol{x}$.
+
     # %%
+    from dlsummary.evidence import check
     value = 2 + 2
     print("value", value)
-    assert value == {expected}, "arithmetic is broken"
+    check("tiny.1", "arithmetic is broken", value, "==", {expected})
 
     # %% [markdown]
     # ### tiny.2
-    # Items?
+    # State whether **true or false**:
+    # - A. Two plus two is four, which everybody learns at school long before any course on
+    #   deep learning.
+    # - B. Cats bark.
 
     # %% [markdown]
     # **Answer:** A true, B false.
@@ -72,6 +80,13 @@ def test_passing_notebook_writes_both_files(tmp_path):
     assert "DLSMATH" not in page
     assert 'href="#q-tiny-1"' in page and 'id="q-tiny-1"' in page
     assert any("tiny.1" in line for line in lines), "no progress line names the question"
+    assert '<details class="dls-fold dls-detail"><summary>Why, in detail' in page
+    assert '<details class="dls-fold dls-code"><summary>Evidence code' in page
+    assert 'class="dls-checks"' in page and "arithmetic is broken" in page
+    assert "[ok]" not in page, "the check's text/plain is printed raw"
+    assert 'href="#row-q-tiny-1"' in page and 'id="row-q-tiny-1"' in page
+    checks = json.loads(report.checks.read_text())
+    assert [(c["item"], c["kind"], c["passed"]) for c in checks] == [("tiny.1", "check", True)]
     executed = nbformat.read(report.notebook, as_version=4)
     assert any("value 4" in o.get("text", "") for c in executed.cells if c.cell_type == "code"
                for o in c.get("outputs", []))
@@ -85,7 +100,8 @@ def test_failing_cell_names_the_question_and_leaves_no_report(tmp_path):
     with pytest.raises(ReportCellError) as info:
         render_report(write_tiny(tmp_path, 5), out)
     assert info.value.qid == "tiny.1"
-    assert "AssertionError" in str(info.value) and "arithmetic is broken" in str(info.value)
+    assert "CheckFailed" in str(info.value) and "arithmetic is broken" in str(info.value)
+    assert "measured 4, expected == 5" in str(info.value)
     assert not (out / "tiny.html").exists(), "a stale report was left looking current"
     assert (out / "tiny.failed.ipynb").is_file()
 
@@ -117,11 +133,17 @@ def test_summary_table_uses_item_verdicts(tmp_path):
 
     nb = jupytext.read(write_tiny(tmp_path, 4))
     found = {q.qid: q for q in questions(nb)}
-    assert found["tiny.2"].summary == "A: True; B: False"
+    assert found["tiny.2"].summary == (
+        "A. Two plus two is four, which everybody learns at school long before any course on deep "
+        "... "
+        "**True**. B. Cats bark. **False**.")
     assert found["tiny.1"].summary == "Yes, $\\vec{x}$ is bold."
+    assert found["tiny.1"].topic == "bold vectors" and found["tiny.2"].topic == ""
+    assert found["tiny.2"].items == ["tiny.2.A", "tiny.2.B"] and found["tiny.2"].is_true_false
     page = notebook_to_html(nb)
     row = re.search(r'<a href="#q-tiny-2">tiny.2</a></td><td>(.*?)</td>', page)
-    assert row and row.group(1) == "A: True; B: False"
+    assert row and "<strong>True</strong>" in row.group(1) and "**" not in row.group(1)
+    assert '<span class="dls-topic">bold vectors</span>' in page
 
 
 def test_html_refuses_external_resources(tmp_path):

@@ -1,4 +1,10 @@
-"""Execute the answer key in a fresh kernel and write one self-contained HTML page.
+"""Execute the answer key's sections in parallel fresh kernels and write one
+self-contained HTML page, the stitched executed notebook and ``checks.json``.
+
+Each section (``notebooks/01_cnn.py`` ...) runs in its own fresh kernel, so its outputs
+cannot depend on which sections ran before it or beside it: ``--jobs 1`` and ``--jobs 4``
+give the same notebook. Sections are started longest first (by the last run's timings,
+else by source size) so that the slowest one does not start last.
 
 The page has its plots embedded as data URIs, its equations converted to MathML at build
 time (no MathJax, no network), no external scripts, and opens with a table of contents and
@@ -7,7 +13,9 @@ a summary table of every answer, built from the notebook itself.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import datetime
 import html
 import json
 import os
@@ -24,53 +32,81 @@ import nbformat
 from dlsummary.errors import DLSummaryError
 from dlsummary.mathml import parse_macros, replace_math, tex_to_mathml
 from dlsummary.notebook import (
+    DETAIL_MARK,
     NOTEBOOK_NAME,
     QUESTION_HEADING,
     SECTION_HEADING,
-    find_notebook,
+    Section,
+    cell_checks,
+    find_key,
+    find_sections,
     question_of_cell,
     questions,
     read_notebook,
+    select_sections,
+    stitch,
 )
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 KERNEL_TIMEOUT_S = 600
 KERNEL_NAME = "dlsummary-python"
+CHECKS_NAME = "checks.json"
+TIMINGS_NAME = ".report-timings.json"
 
 
 class ReportCellError(DLSummaryError):
     """A cell of the answer key failed: a claim's evidence did not hold, or code broke."""
 
-    def __init__(self, qid: str | None, cell_index: int, error: str):
+    def __init__(self, qid: str | None, cell_index: int, error: str, section: str = ""):
         self.qid = qid
         self.cell_index = cell_index
         self.error = error
-        where = f"question {qid}" if qid else "the preamble"
-        super().__init__(f"{where} failed (cell {cell_index}): {error}")
+        self.section = section
+        where = f"question {qid}" if qid else f"the setup of section {section or '?'}"
+        in_file = f"{section}, " if section else ""
+        super().__init__(f"{where} failed ({in_file}cell {cell_index}): {error}")
 
 
 @dataclass(frozen=True)
 class Report:
-    """What ``render_report`` wrote and how long each question took."""
+    """What ``render_report`` wrote and how long each section and question took."""
 
     notebook: Path
     html: Path
+    checks: Path
     seconds: float
     question_seconds: dict[str, float] = field(default_factory=dict)
+    section_seconds: dict[str, float] = field(default_factory=dict)
+    jobs: int = 1
+    n_checks: int = 0
 
     def __str__(self) -> str:
         slowest = sorted(self.question_seconds.items(), key=lambda kv: -kv[1])[:5]
-        lines = [f"wrote {self.html} and {self.notebook} in {self.seconds:.1f} s"]
+        lines = [f"wrote {self.html}, {self.notebook} and {self.checks} ({self.n_checks} "
+                 f"checks) in {self.seconds:.1f} s with {self.jobs} job(s)"]
+        if self.section_seconds:
+            lines.append("sections: " + ", ".join(
+                f"{name} {sec:.1f} s" for name, sec in self.section_seconds.items()))
         if slowest:
             lines.append("slowest: " + ", ".join(f"{q} {s:.1f} s" for q, s in slowest))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
         return {"notebook": str(self.notebook), "html": str(self.html),
-                "seconds": self.seconds, "question_seconds": self.question_seconds}
+                "checks": str(self.checks), "seconds": self.seconds, "jobs": self.jobs,
+                "n_checks": self.n_checks, "section_seconds": self.section_seconds,
+                "question_seconds": self.question_seconds}
 
 
 # --------------------------------------------------------------------------- execution
+
+def default_jobs() -> int:
+    """One kernel per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
 
 def _kernel_spec_dir() -> tempfile.TemporaryDirectory:
     """A kernelspec for *this* interpreter, so the fresh kernel sees the same packages
@@ -80,11 +116,12 @@ def _kernel_spec_dir() -> tempfile.TemporaryDirectory:
     spec_dir.mkdir(parents=True)
     spec = {
         "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--log-level=ERROR"],
+                 "--log-level=ERROR", "--HistoryManager.enabled=False"],
         "display_name": "dlsummary (Python)",
         "language": "python",
-        # One thread: the experiments are small (threads would mostly wait on each other)
-        # and a fixed thread count gives the same floating-point sums on every machine.
+        # One thread: the experiments are small (threads would mostly wait on each other),
+        # parallel kernels do not fight over cores, and a fixed thread count gives the same
+        # floating-point sums on every machine.
         "env": {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                 "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
     }
@@ -92,73 +129,115 @@ def _kernel_spec_dir() -> tempfile.TemporaryDirectory:
     return tmp
 
 
-def execute_notebook(
-    nb: nbformat.NotebookNode,
-    cwd: Path,
-    progress: Callable[[str], None] | None = None,
-) -> dict[str, float]:
-    """Run every cell of ``nb`` in place in a fresh kernel; return seconds per question.
+@dataclass
+class _Job:
+    """One section to execute: its notebook is executed in place."""
 
-    Raises :class:`ReportCellError` naming the question whose cell failed.
-    """
+    section: Section
+    nb: nbformat.NotebookNode
+    estimate: float
+    seconds: float = 0.0
+
+
+def _cell_seconds(cell: nbformat.NotebookNode) -> float:
+    """Seconds a cell ran, from the timestamps nbclient records (then dropped, so the
+    written notebook does not differ from run to run)."""
+    stamps = cell.get("metadata", {}).pop("execution", None) or {}
+    try:
+        start = datetime.datetime.fromisoformat(stamps["iopub.execute_input"].rstrip("Z"))
+        end = datetime.datetime.fromisoformat(stamps["shell.execute_reply"].rstrip("Z"))
+    except (KeyError, ValueError):
+        return 0.0
+    return max(0.0, (end - start).total_seconds())
+
+
+async def _execute_one(job: _Job, cwd: Path, slots: asyncio.Semaphore, counter: dict,
+                       progress: Callable[[str], None] | None) -> None:
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-    owners = question_of_cell(nb)
-    sections = _section_of_cell(nb)
-    n_code = sum(c.cell_type == "code" for c in nb.cells)
-    timings: dict[str, float] = {}
-    state: dict = {"label": None, "start": time.perf_counter(), "index": -1, "done": 0}
-
-    def close_label(now: float) -> None:
-        if state["label"] is not None:
-            timings[state["label"]] = timings.get(state["label"], 0.0) + now - state["start"]
+    owners = question_of_cell(job.nb)
+    state = {"label": None, "index": -1}
 
     def on_cell_execute(cell, cell_index, **_):
         state["index"] = cell_index
-        state["done"] += 1
-        label = owners[cell_index] or f"{sections[cell_index] or 'preamble'} (setup)"
+        counter["done"] += 1
+        label = owners[cell_index] or f"{job.section.name} (setup)"
         if label != state["label"]:
-            now = time.perf_counter()
-            close_label(now)
-            state["label"], state["start"] = label, now
+            state["label"] = label
             if progress:
-                progress(f"[{state['done']:3d}/{n_code}] {label}")
+                progress(f"[{counter['done']:3d}/{counter['total']}] {label}")
 
+    async with slots:
+        start = time.perf_counter()
+        client = NotebookClient(
+            job.nb, timeout=KERNEL_TIMEOUT_S, kernel_name=KERNEL_NAME,
+            resources={"metadata": {"path": str(cwd)}}, on_cell_execute=on_cell_execute,
+        )
+        try:
+            await client.async_execute()
+        except (CellExecutionError, CellTimeoutError) as err:
+            index = state["index"]
+            qid = owners[index] if index >= 0 else None
+            raise ReportCellError(qid, index, _short_error(err),
+                                  section=job.section.path.name) from err
+        job.seconds = time.perf_counter() - start
+    if progress:
+        progress(f"section {job.section.name} done in {job.seconds:.1f} s")
+
+
+async def _execute_all(jobs: list[_Job], n_jobs: int, cwd: Path,
+                       progress: Callable[[str], None] | None) -> None:
+    slots = asyncio.Semaphore(n_jobs)
+    counter = {"done": 0, "total": sum(c.cell_type == "code" for j in jobs for c in j.nb.cells)}
+    # longest first: the semaphore admits tasks in the order they were created
+    order = sorted(jobs, key=lambda j: -j.estimate)
+    tasks = [asyncio.create_task(_execute_one(j, cwd, slots, counter, progress))
+             for j in order]
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    failed = [t for t in done if t.exception() is not None]
+    if failed:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise failed[0].exception()
+
+
+def execute_sections(
+    parts: list[tuple[Section, nbformat.NotebookNode]],
+    jobs: int | None = None,
+    cwd: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+    estimates: dict[str, float] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Execute every part that has code, each in its own fresh kernel, at most ``jobs`` at
+    a time; the notebooks are executed in place. Returns seconds per section and per
+    question. Raises :class:`ReportCellError` naming the question whose cell failed."""
+    n_jobs = max(1, jobs or default_jobs())
+    estimates = estimates or {}
+    work = [_Job(section, nb, estimates.get(section.name, section.path.stat().st_size / 1e4))
+            for section, nb in parts if any(c.cell_type == "code" for c in nb.cells)]
+    cwd = cwd or (parts[0][0].path.parent.resolve() if parts else Path.cwd())
     with _kernel_spec_dir() as spec_root:
-        # the fresh kernel's spec is found through JUPYTER_PATH, for this call only
+        # the fresh kernels' spec is found through JUPYTER_PATH, for this call only
         saved = os.environ.get("JUPYTER_PATH")
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [spec_root, saved]))
         try:
-            client = NotebookClient(
-                nb,
-                timeout=KERNEL_TIMEOUT_S,
-                kernel_name=KERNEL_NAME,
-                resources={"metadata": {"path": str(cwd)}},
-                on_cell_execute=on_cell_execute,
-            )
-            client.execute()
-        except (CellExecutionError, CellTimeoutError) as err:
-            qid = owners[state["index"]] if state["index"] >= 0 else None
-            raise ReportCellError(qid, state["index"], _short_error(err)) from err
+            asyncio.run(_execute_all(work, n_jobs, cwd, progress))
         finally:
             if saved is None:
                 os.environ.pop("JUPYTER_PATH", None)
             else:
                 os.environ["JUPYTER_PATH"] = saved
-    close_label(time.perf_counter())
-    return timings
-
-
-def _section_of_cell(nb: nbformat.NotebookNode) -> list[str | None]:
-    section: str | None = None
-    out: list[str | None] = []
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and not QUESTION_HEADING.search(cell.source):
-            match = SECTION_HEADING.search(cell.source)
-            section = match.group(1) if match else section
-        out.append(section)
-    return out
+    section_seconds = {j.section.name: round(j.seconds, 2) for j in work}
+    question_seconds: dict[str, float] = {}
+    for section, nb in parts:
+        owners = question_of_cell(nb)
+        for cell, owner in zip(nb.cells, owners, strict=True):
+            if cell.cell_type == "code":
+                label = owner or f"{section.name} (setup)"
+                question_seconds[label] = question_seconds.get(label, 0.0) + _cell_seconds(cell)
+    return section_seconds, {k: round(v, 2) for k, v in question_seconds.items()}
 
 
 def _short_error(err: Exception) -> str:
@@ -169,9 +248,16 @@ def _short_error(err: Exception) -> str:
     return f"{name}: {value}".strip()
 
 
+def collect_checks(nb: nbformat.NotebookNode) -> list[dict]:
+    """Every check record the executed notebook displayed, in notebook order."""
+    return [record for cell in nb.cells if cell.cell_type == "code"
+            for record in cell_checks(cell)]
+
+
 # --------------------------------------------------------------------------- HTML
 
 _MACRO_BLOCK = re.compile(r"\$\$(?:(?!\$\$).)*?\\newcommand.*?\$\$", re.S)
+_SHORT_NOTE_WORDS = 60
 
 
 def _preamble_macros(nb: nbformat.NotebookNode) -> str:
@@ -179,74 +265,197 @@ def _preamble_macros(nb: nbformat.NotebookNode) -> str:
                      and "\\newcommand" in c.source)
 
 
+def _section_anchor(title: str) -> str:
+    return "s-" + re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def _inline_markdown(text: str, macros: dict) -> str:
+    """One line of Markdown as HTML (bold, italics, code), its formulas as MathML."""
+    import mistune
+
+    formulas: list[str] = []
+
+    def keep(tex: str, display: bool) -> str:
+        formulas.append(tex_to_mathml(tex, display=False, macros=macros))
+        return f"DLSINLINE{len(formulas) - 1:04d}X"
+
+    rendered = mistune.html(replace_math(text, keep)).strip()
+    rendered = re.sub(r"^<p>(.*)</p>$", r"\1", rendered, flags=re.S)
+    return re.sub(r"DLSINLINE(\d{4})X", lambda m: formulas[int(m.group(1))], rendered)
+
+
 def _summary_html(nb: nbformat.NotebookNode, macros: dict) -> str:
     """Table of contents and the one-line answer of every question, linked to its answer."""
     rows: list[str] = []
     toc: list[str] = []
     section = None
-
-    def with_math(text: str) -> str:
-        # escape the prose, convert the formulas
-        pieces: list[str] = []
-        formulas: list[str] = []
-
-        def keep(tex: str, display: bool) -> str:
-            formulas.append(tex_to_mathml(tex, display=False, macros=macros))
-            return f"\x00{len(formulas) - 1}\x00"
-
-        marked = html.escape(replace_math(text, keep), quote=False)
-        for k, part in enumerate(marked.split("\x00")):
-            pieces.append(formulas[int(part)] if k % 2 else part)
-        return "".join(pieces)
-
     for q in questions(nb):
         if q.section != section:
             section = q.section
-            anchor = "s-" + re.sub(r"[^a-z0-9]+", "-", section.lower()).strip("-")
-            toc.append(f'<li><a href="#{anchor}">{html.escape(section)}</a></li>')
+            toc.append(f'<li><a href="#{_section_anchor(section)}">{html.escape(section)}</a></li>')
+            rows.append(f'<tr class="dls-section-row"><th colspan="2">{html.escape(section)}'
+                        "</th></tr>")
+        topic = f'<span class="dls-topic">{html.escape(q.topic)}</span>' if q.topic else ""
         rows.append(
-            f'<tr><td><a href="#{q.anchor}">{q.qid}</a></td>'
-            f"<td>{with_math(q.summary)}</td></tr>"
+            f'<tr id="row-{q.anchor}"><td><a href="#{q.anchor}">{q.qid}</a>{topic}</td>'
+            f"<td>{_inline_markdown(q.summary, macros)}</td></tr>"
         )
     return (
         '<nav id="contents" class="dls-summary"><h2>Contents</h2><ol>' + "".join(toc) + "</ol>"
         '<h2 id="summary">Summary of the answers</h2>'
-        '<table class="dls-table"><colgroup><col style="width: 7em"><col></colgroup>'
+        '<table class="dls-table"><colgroup><col class="dls-idcol"><col></colgroup>'
         '<thead><tr><th>question</th><th>answer</th></tr></thead>'
         "<tbody>" + "".join(rows) + "</tbody></table></nav>"
     )
 
 
+def _checks_html(records: list[dict]) -> str:
+    """The "Checked" list under an answer: claim, measured, threshold, pass or control."""
+    from dlsummary.evidence import _fmt
+
+    items = []
+    for r in records:
+        kind = "control" if r.get("kind") == "control" else "check"
+        mark = "passed" if r.get("passed") else "FAILED"
+        items.append(
+            f'<li class="dls-{kind}"><span class="dls-item">{html.escape(str(r.get("item")))}'
+            f'</span> {html.escape(str(r.get("claim")))}: measured '
+            f'<code>{html.escape(_fmt(r.get("measured")))}</code>, expected '
+            f'<code>{html.escape(str(r.get("expected")))}</code> '
+            f'<span class="dls-verdict">{mark}{" (control)" if kind == "control" else ""}'
+            "</span></li>")
+    return ('<div class="dls-checks"><p class="dls-checks-title">Checked</p><ul>'
+            + "".join(items) + "</ul></div>")
+
+
+def _fold_label(source: str) -> str | None:
+    """How a markdown cell after the answer is shown: folded under a label, or (a short
+    note on the experiment) left open."""
+    if source.lstrip().startswith(DETAIL_MARK):
+        return "Why, in detail"
+    if len(source.split()) <= _SHORT_NOTE_WORDS:
+        return None
+    return "More on this answer"
+
+
+def _arrange(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """A copy of the executed notebook laid out for reading: roles in each cell's
+    metadata (the template folds by them), check outputs taken out of the cells and
+    shown as a "Checked" list under the answer, and a link back to the summary after
+    every question."""
+    from dlsummary.evidence import MIME_TYPE
+
+    found = {q.heading_cell: q for q in questions(nb)}
+    by_answer: dict[int, list[dict]] = {}
+    roles: dict[int, tuple[str, str | None]] = {}
+    for q in found.values():
+        answer_cell = next((i for i in range(q.heading_cell + 1, len(nb.cells))
+                            if nb.cells[i].cell_type == "markdown"
+                            and nb.cells[i].source.lstrip().startswith("**Answer:**")), None)
+        if answer_cell is None:
+            answer_cell = min([*q.detail_cells, *q.evidence_cells, q.heading_cell + 1])
+        roles[answer_cell] = ("answer", None)
+        by_answer[answer_cell] = [r for i in q.evidence_cells for r in cell_checks(nb.cells[i])]
+        for i in q.detail_cells:
+            roles[i] = ("detail", _fold_label(nb.cells[i].source))
+        for i in q.evidence_cells:
+            roles[i] = ("evidence", "Evidence code")
+    owners = question_of_cell(nb)
+    out = nbformat.v4.new_notebook(metadata=nbformat.from_dict(dict(nb.metadata)))
+
+    def back_link(qid: str) -> None:
+        anchor = "q-" + qid.replace(".", "-")
+        out.cells.append(nbformat.v4.new_markdown_cell(
+            f'<p class="dls-back"><a href="#row-{anchor}">&uarr; back to the summary</a></p>',
+            metadata={"dlsummary": {"role": "back"}}))
+
+    for index, cell in enumerate(nb.cells):
+        if index > 0 and owners[index - 1] and owners[index] != owners[index - 1]:
+            back_link(owners[index - 1])
+        cell = nbformat.from_dict(dict(cell))
+        info = dict(cell.get("metadata", {}).get("dlsummary", {}))
+        role, fold = roles.get(index, ("setup" if cell.cell_type == "code" else "text", None))
+        if role == "setup":
+            fold = "Setup code"
+        info.update(role=role, fold=fold)
+        cell.metadata = nbformat.from_dict({**cell.get("metadata", {}), "dlsummary": info})
+        if cell.cell_type == "code":
+            cell.outputs = [o for o in cell.get("outputs", [])
+                            if MIME_TYPE not in o.get("data", {})]
+        out.cells.append(cell)
+        if index in by_answer and by_answer[index]:
+            out.cells.append(nbformat.v4.new_markdown_cell(
+                _checks_html(by_answer[index]), metadata={"dlsummary": {"role": "checks"}}))
+    if owners and owners[-1]:
+        back_link(owners[-1])
+    return out
+
+
 _CSS = """
 <style type="text/css">
 main { max-width: 1100px; margin: 0 auto; }
+body { overflow-wrap: break-word; }
+.jp-Notebook { padding-left: 8px; padding-right: 8px; }
 .dls-summary { margin: 1em 0 2em 0; padding: 0.5em 1.5em; background: #f7f7fa;
   border: 1px solid #ddd; border-radius: 6px; font-size: 14px; }
 .dls-summary ol { columns: 2; }
-.dls-table { border-collapse: collapse; width: 100%; }
+.dls-table { border-collapse: collapse; width: 100%; table-layout: fixed; }
 .dls-table td, .dls-table th { border-bottom: 1px solid #ddd; padding: 4px 8px;
-  text-align: left; vertical-align: top; }
-.dls-table { table-layout: fixed; }
-.dls-table td:first-child { white-space: nowrap; font-family: monospace; }
+  text-align: left; vertical-align: top; overflow-wrap: anywhere; }
+.dls-table col.dls-idcol { width: 11em; }
+.dls-table td:first-child a { font-family: monospace; white-space: nowrap; }
+.dls-table .dls-section-row th { background: #ececf3; }
+.dls-topic { display: block; color: #555; font-size: 12px; }
+.dls-answer { border-left: 4px solid #3a6ea5; background: #f3f7fc; padding: 0.2em 0.8em;
+  margin: 0.4em 0; font-size: 1.05em; }
+.dls-checks { border-left: 4px solid #4a9a5a; background: #f4faf5; padding: 0.2em 0.8em;
+  margin: 0.4em 0 0.8em 0; font-size: 13px; }
+.dls-checks-title { font-weight: bold; margin: 0.3em 0; }
+.dls-checks ul { margin: 0.2em 0 0.4em 0; padding-left: 1.2em; }
+.dls-checks .dls-item { font-family: monospace; color: #333; }
+.dls-checks .dls-verdict { color: #2d6a3a; font-weight: bold; }
+.dls-checks .dls-control .dls-verdict { color: #7a5a12; }
+details.dls-fold { margin: 0.3em 0; }
+details.dls-fold > summary { cursor: pointer; color: #3a6ea5; font-size: 13px; }
+.dls-back { font-size: 12px; text-align: right; margin: 0.2em 0 1.5em 0; }
+.dls-partial { background: #fff4d6; border: 1px solid #e0b84a; padding: 0.5em 1em; }
+.jp-OutputArea-output pre, .jp-RenderedText pre { overflow-x: auto; }
+.jp-RenderedImage img, .jp-OutputArea-output img { max-width: 100%; height: auto; }
+.jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }
+math { overflow-x: auto; max-width: 100%; }
 math[display="block"] { margin: 0.6em 0; font-size: 1.1em; }
+/* inline fractions: keep numerator and denominator at a readable size */
+math:not([display="block"]) mfrac > * { math-depth: auto-add; font-size: 0.95em; }
+math:not([display="block"]) mfrac { font-size: 1.1em; }
 .dls-footer { color: #666; font-size: 12px; margin: 2em 0; }
 </style>
 """
 
 
-def notebook_to_html(nb: nbformat.NotebookNode, title: str = "dlsummary answer key") -> str:
+def notebook_to_html(nb: nbformat.NotebookNode, title: str = "dlsummary answer key",
+                     partial: list[str] | None = None) -> str:
     """The executed notebook as one self-contained HTML page (MathML equations, embedded
-    images, no external resources)."""
+    images, no external resources), laid out for reading: each question's answer set off
+    with the list of its checks, the long explanation and the evidence code folded, a
+    link back to the summary. ``partial`` names the sections of a subset run, which the
+    page then says at the top."""
     from nbconvert import HTMLExporter
 
-    nb = nbformat.from_dict(nb)  # a copy: the caller's notebook keeps its TeX
+    nb = _arrange(nb)  # a copy: the caller's notebook keeps its TeX and its outputs
     macros = parse_macros(_preamble_macros(nb))
     summary = _summary_html(nb, macros)
+    if partial:
+        summary = ('<p class="dls-partial"><strong>Partial report:</strong> only the '
+                   f"sections {html.escape(', '.join(partial))} were executed "
+                   "(<code>--only</code>); run <code>dlsummary report</code> for the whole "
+                   "key.</p>") + summary
     rendered: list[str] = []
     owners = question_of_cell(nb)
 
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "markdown":
+            continue
+        if cell.metadata.get("dlsummary", {}).get("role") in ("checks", "back"):
             continue
         # the macro definitions themselves are not shown
         cell.source = _MACRO_BLOCK.sub("", cell.source)
@@ -268,7 +477,7 @@ def notebook_to_html(nb: nbformat.NotebookNode, title: str = "dlsummary answer k
         else:
             sec = SECTION_HEADING.search(source)
             if sec:
-                anchor = "s-" + re.sub(r"[^a-z0-9]+", "-", sec.group(1).lower()).strip("-")
+                anchor = _section_anchor(sec.group(1))
                 source = source.replace(sec.group(0), f'<a id="{anchor}"></a>\n\n{sec.group(0)}', 1)
         cell.source = source
     nb.metadata["title"] = title
@@ -324,38 +533,77 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _read_estimates(path: Path) -> dict[str, float]:
+    try:
+        data = json.loads(path.read_text())
+        return {str(k): float(v) for k, v in data.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def render_report(
     notebook: str | Path | None = None,
     output_dir: str | Path = "build",
     progress: Callable[[str], None] | None = None,
+    jobs: int | None = None,
+    only: str | list[str] | None = None,
 ) -> Report:
-    """Execute the answer key in a fresh kernel and write ``summary_questions.ipynb``
-    (executed) and ``summary_questions.html`` (self-contained) into ``output_dir``.
+    """Execute the answer key (a folder of section sources, or one source file) and write
+    ``summary_questions.ipynb`` (executed, stitched in section order),
+    ``summary_questions.html`` (self-contained) and ``checks.json`` into ``output_dir``.
 
-    On a failing cell, raises :class:`ReportCellError` naming the question; any earlier
-    report in ``output_dir`` is removed (so a stale page cannot pass for a good one) and
-    the partly executed notebook is kept as ``summary_questions.failed.ipynb``.
+    ``jobs`` kernels run at once (default: one per core); ``only`` ("cnn,dropout") runs a
+    subset, and the page says so. On a failing cell, raises :class:`ReportCellError`
+    naming the question; the earlier report in ``output_dir`` is removed (a stale page
+    cannot pass for a good one) and the partly executed notebook is kept as
+    ``summary_questions.failed.ipynb``.
     """
-    source = find_notebook(notebook)
+    key = find_key(notebook)
+    sections = select_sections(find_sections(key), only)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = NOTEBOOK_NAME if notebook is None else Path(source).stem
+    stem = NOTEBOOK_NAME if key.is_dir() else key.stem
     html_path, nb_path = out / f"{stem}.html", out / f"{stem}.ipynb"
+    checks_path = out / (CHECKS_NAME if key.is_dir() else f"{stem}.{CHECKS_NAME}")
     failed_path = out / f"{stem}.failed.ipynb"
+    timings_path = out / TIMINGS_NAME
 
-    nb = read_notebook(source)
-    questions(nb)  # a malformed answer key fails before minutes of execution
+    parts = [(s, read_notebook(s.path)) for s in sections]
+    questions(stitch(parts))  # a malformed answer key fails before minutes of execution
+    n_jobs = max(1, jobs or default_jobs())
     start = time.perf_counter()
+    for stale in (html_path, nb_path, checks_path):
+        stale.unlink(missing_ok=True)
     try:
-        timings = execute_notebook(nb, cwd=source.parent.resolve(), progress=progress)
+        section_seconds, question_seconds = execute_sections(
+            parts, jobs=n_jobs, cwd=(key if key.is_dir() else key.parent).resolve(),
+            progress=progress, estimates=_read_estimates(timings_path))
     except ReportCellError:
-        for stale in (html_path, nb_path):
-            stale.unlink(missing_ok=True)
-        _atomic_write(failed_path, nbformat.writes(nb))
+        _atomic_write(failed_path, nbformat.writes(stitch(parts)))
         raise
     failed_path.unlink(missing_ok=True)
-    page = notebook_to_html(nb)
+    nb = stitch(parts)
+    all_names = [s.name for s in find_sections(key) if not s.is_introduction]
+    chosen = [s.name for s in sections if not s.is_introduction]
+    partial = chosen if len(chosen) < len(all_names) else None
+    checks = collect_checks(nb)
+    page = notebook_to_html(nb, partial=partial)
     _atomic_write(nb_path, nbformat.writes(nb))
+    _atomic_write(checks_path, json.dumps(checks, indent=1, ensure_ascii=False) + "\n")
     _atomic_write(html_path, page)
-    return Report(notebook=nb_path, html=html_path, seconds=time.perf_counter() - start,
-                  question_seconds={k: round(v, 2) for k, v in timings.items()})
+    if not partial:
+        _atomic_write(timings_path, json.dumps(section_seconds))
+    return Report(notebook=nb_path, html=html_path, checks=checks_path,
+                  seconds=time.perf_counter() - start, question_seconds=question_seconds,
+                  section_seconds=section_seconds, jobs=n_jobs, n_checks=len(checks))
+
+
+def write_section_notebooks(notebook: str | Path | None = None) -> list[Path]:
+    """Each source of the key as an ``.ipynb`` beside it (no outputs), for opening in
+    Jupyter; they are generated on demand, never committed."""
+    written = []
+    for section in find_sections(notebook):
+        target = section.path.with_suffix(".ipynb")
+        _atomic_write(target, nbformat.writes(read_notebook(section.path)))
+        written.append(target)
+    return written
