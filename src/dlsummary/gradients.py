@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
-import time
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from dlsummary.errors import DLSummaryError
 
@@ -36,15 +38,16 @@ __all__ = [
     "numerical_gradient",
 ]
 
-#: How many tensor elements one batch of perturbed copies may hold (2**21 elements is
-#: 16 MiB in float64: bounded memory, and enough copies per call to amortise the
-#: per-call overhead of vmap and of fn itself).
-DEFAULT_CHUNK_ELEMENTS = 2**21
-#: At most this many perturbed copies per side in one batch: beyond it vmap's overhead is
-#: already amortised, and fn's intermediate tensors grow with the batch.
-MAX_CHUNK_ROWS = 128
-PROBE_ROWS = 16  # rows timed through the loop before choosing
-VMAP_MARGIN = 0.7  # vmap is used when its time per row is below this fraction of the loop's
+#: Batches are sized from the shapes involved, never from a clock, so the same call takes
+#: the same path (vmap or loop, and the same chunks) on any machine under any load.
+#: At most this many elements in the buffer of perturbed copies (32 MiB in float64).
+DEFAULT_CHUNK_ELEMENTS = 2**22
+#: At most this many elements in all intermediate tensors of one batched call of fn (the
+#: copies times what one evaluation allocates, measured once): 256 MiB in float64.
+BATCH_ELEMENTS = 2**25
+#: At most this many perturbed copies in one batch: vmap's per-call overhead (large for
+#: small convolutions) is amortised by then.
+MAX_CHUNK_ROWS = 1024
 
 _METHODS = ("central", "forward")
 
@@ -90,6 +93,13 @@ def _check_inputs(fn: Any, tensors: Sequence[Any], what: str) -> None:
             raise DLSummaryError(
                 f"{what}: argument {position} is a {type(tensor).__name__}, not a "
                 "torch.Tensor; pass tensors, e.g. torch.as_tensor(value, dtype=torch.float64)"
+            )
+        if tensor.layout != torch.strided:
+            raise DLSummaryError(
+                f"{what}: argument {position} is a {tensor.layout} tensor of shape "
+                f"{tuple(tensor.shape)}; finite differences perturb every stored entry of a "
+                "dense tensor: pass tensor.to_dense() (and densify inside fn if it needs "
+                "the sparse layout)"
             )
         if not tensor.is_floating_point():
             raise DLSummaryError(
@@ -144,6 +154,42 @@ def _call(fn: Callable[..., Any], args: Sequence[Tensor], what: str) -> Tensor:
     return _as_scalar(value, what)
 
 
+def _check_finite(value: Tensor, what: str) -> None:
+    if not bool(torch.isfinite(value)):
+        raise DLSummaryError(
+            f"{what}: fn is {float(value)} at the given tensors, so it has no derivative "
+            "to approximate there; check for log or sqrt of a negative number, 0/0, or "
+            "inf - inf (a masked -inf that reaches a sum), or pick another point"
+        )
+
+
+class _ElementCounter(TorchDispatchMode):
+    """Counts the elements of every tensor an evaluation of ``fn`` allocates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None):
+        out = func(*args, **(kwargs or {}))
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, Tensor):
+                self.elements += value.numel()
+        return out
+
+
+def _elements_per_evaluation(fn: Callable[..., Any], args: Sequence[Tensor]) -> int:
+    """How many tensor elements one evaluation of ``fn`` allocates: a size, which bounds a
+    batch's memory (a batch of ``r`` copies allocates about ``r`` times as much)."""
+    counter = _ElementCounter()
+    try:
+        with counter:
+            fn(*args)
+    except Exception:  # fn already ran once without the mode; do not blame the mode
+        return 0
+    return counter.elements
+
+
 # --------------------------------------------------------------------------------------
 # batched evaluation of fn on perturbed copies of one argument
 # --------------------------------------------------------------------------------------
@@ -152,18 +198,21 @@ def _call(fn: Callable[..., Any], args: Sequence[Tensor], what: str) -> Tensor:
 class _BatchEvaluator:
     """Evaluates ``fn`` with argument ``index`` replaced by each row of a batch.
 
-    With ``vectorize=None`` it decides from measurement on the first batch (see
-    ``_decide``) and uses the faster way per row for the rest. Batching wins when
-    per-call overhead dominates ``fn``; a loop wins when vmap's batched kernels are slower
-    than ``fn``'s own (e.g. a large matmul against a batched weight), so the result is
-    never much slower than the loop. Functions vmap cannot run use the loop.
+    ``vectorize=None`` uses ``torch.func.vmap`` (one call per batch) and falls back, for
+    good, to a loop of plain calls when vmap cannot run ``fn`` (``.item()``, data-dependent
+    control flow, randomness) or changes its value; ``True`` insists on vmap, ``False``
+    loops. The choice depends on what ``fn`` does, never on timing. Each looped row is a
+    fresh tensor (not a view into the batch), so code that reads storage offsets or
+    strides sees what it would see on the original argument.
     """
 
     def __init__(self, fn: Callable[..., Any], args: Sequence[Tensor], index: int,
-                 vectorize: bool | None, what: str, total_rows: int | None = None) -> None:
+                 vectorize: bool | None, what: str, progress: Any = None) -> None:
         self.fn, self.args, self.index, self.what = fn, list(args), index, what
-        self.total_rows = total_rows  # evaluations the whole job needs, if known
-        self.vectorize = vectorize  # None: decide on the first batch
+        self.forced = vectorize is True
+        self.vectorize = vectorize is not False
+        self.checked = False  # the first vmapped row is held against a plain call
+        self.progress = progress
 
     def _with(self, value: Tensor) -> list[Tensor]:
         args = list(self.args)
@@ -177,73 +226,77 @@ class _BatchEvaluator:
         return out.reshape(batch.shape[0])
 
     def _looped(self, batch: Tensor) -> Tensor:
-        return torch.stack([_call(self.fn, self._with(row), self.what) for row in batch])
+        return torch.stack([_call(self.fn, self._with(row.clone()), self.what)
+                            for row in batch])
 
     def __call__(self, batch: Tensor) -> Tensor:
-        if self.vectorize is None:
-            return self._decide(batch)
-        if self.vectorize:
-            return self._vmapped(batch)
-        return self._looped(batch)
+        values = self._evaluate(batch)
+        if self.progress is not None:
+            self.progress.update(batch.shape[0])
+        return values
 
-    def _decide(self, batch: Tensor) -> Tensor:
-        """Evaluate ``batch`` while choosing between vmap and the loop: a one-row warm-up
-        through vmap (checked against a plain call), then a vmap batch (large enough to
-        amortise vmap's per-call overhead, small next to the whole job) and ``PROBE_ROWS``
-        rows through the loop (its cost per row is steady), each timed. The rest of the
-        batch, and every later batch, goes the faster way per row."""
-        rows = batch.shape[0]
-        loop_probe = min(PROBE_ROWS, (rows - 1) // 2)
-        if loop_probe < 1:
-            return self._looped(batch)  # too few rows to measure; decide on a later batch
+    def _evaluate(self, batch: Tensor) -> Tensor:
+        if not self.vectorize:
+            return self._looped(batch)
         try:
-            warm = self._vmapped(batch[:1])
-        except Exception:  # fn uses .item(), randomness, data-dependent control flow
+            values = self._vmapped(batch)
+        except Exception as err:  # a plain call of the same row says what is wrong, if any
+            if self.forced:
+                raise DLSummaryError(
+                    f"{self.what}: vectorize=True, but torch.func.vmap cannot run fn on a "
+                    f"batch of {batch.shape[0]} perturbed copies ({type(err).__name__}: "
+                    f"{err}); leave vectorize=None to fall back to a loop"
+                ) from err
             self.vectorize = False
             return self._looped(batch)
-        reference = _call(self.fn, self._with(batch[0]), self.what)
-        scale = max(1.0, abs(float(reference)))
-        if abs(float(warm[0]) - float(reference)) > 64 * torch.finfo(batch.dtype).eps * scale:
-            self.vectorize = False  # vmap changes fn's result: never use it
-            return torch.cat([reference.reshape(1), self._looped(batch[1:])])
-        vmap_probe = rows - 1 - loop_probe
-        if self.total_rows is not None:  # a trial of at most ~1% of the job
-            vmap_probe = min(vmap_probe, max(2 * PROBE_ROWS, self.total_rows // 128))
-        start = time.perf_counter()
-        by_vmap = self._vmapped(batch[1 : 1 + vmap_probe])
-        vmap_per_row = (time.perf_counter() - start) / vmap_probe
-        start = time.perf_counter()
-        by_loop = self._looped(batch[1 + vmap_probe : 1 + vmap_probe + loop_probe])
-        loop_per_row = (time.perf_counter() - start) / loop_probe
-        # vmap only when clearly faster: its cost per row can grow with the batch (larger
-        # intermediates), while the loop's is steady, so a near tie goes to the loop
-        self.vectorize = bool(vmap_per_row <= VMAP_MARGIN * loop_per_row)
-        rest = batch[1 + vmap_probe + loop_probe :]
-        parts = [warm, by_vmap, by_loop]
-        if rest.shape[0]:
-            parts.append(self._vmapped(rest) if self.vectorize else self._looped(rest))
-        return torch.cat([p.reshape(-1) for p in parts])
+        if not self.checked:
+            self.checked = True
+            reference = _call(self.fn, self._with(batch[0].clone()), self.what)
+            scale = max(1.0, abs(float(reference)))
+            tolerance = 64 * torch.finfo(batch.dtype).eps * scale
+            if not abs(float(values[0]) - float(reference)) <= tolerance:
+                if self.forced:
+                    raise DLSummaryError(
+                        f"{self.what}: vectorize=True, but fn under vmap gives "
+                        f"{float(values[0])!r} where a plain call gives {float(reference)!r}; "
+                        "leave vectorize=None to use a loop"
+                    )
+                self.vectorize = False  # vmap changes fn's result: never use it
+                return self._looped(batch)
+        return values
 
 
-def _chunk_rows(numel: int, rows_per_step: int, chunk_size: int | None) -> int:
+def _chunk_rows(numel: int, sides: int, elements_per_evaluation: int,
+                chunk_size: int | None) -> int:
+    """Perturbed copies per batch, from sizes only: the buffer of copies stays within
+    ``DEFAULT_CHUNK_ELEMENTS``, one batched call's intermediates within ``BATCH_ELEMENTS``."""
     if chunk_size is not None:
-        if not isinstance(chunk_size, int) or chunk_size < 1:
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise DLSummaryError(
                 f"chunk_size={chunk_size!r} must be a positive integer: the number of "
                 "perturbed copies evaluated in one batch"
             )
         return chunk_size
-    return max(1, min(numel, MAX_CHUNK_ROWS, DEFAULT_CHUNK_ELEMENTS // (numel * rows_per_step)))
+    by_buffer = DEFAULT_CHUNK_ELEMENTS // (numel * sides)
+    by_intermediates = BATCH_ELEMENTS // max(1, elements_per_evaluation * sides)
+    return max(1, min(MAX_CHUNK_ROWS, by_buffer, by_intermediates))
+
+
+def _steps(plus: Tensor, minus: Tensor, eps: float) -> Tensor:
+    """The step actually taken, ``plus - minus`` (exact in floating point), or the nominal
+    one where an entry is infinite (``-inf + eps`` is ``-inf``: the difference is NaN)."""
+    taken = plus - minus
+    return torch.where(torch.isfinite(taken) & (taken > 0), taken, torch.full_like(taken, eps))
 
 
 def _coordinate_gradient(evaluate: _BatchEvaluator, x: Tensor, eps: float, method: str,
-                         f0: Tensor, chunk_size: int | None) -> Tensor:
-    """Finite differences along every coordinate of ``x``, a chunk of coordinates at a
+                         f0: Tensor, rows: int) -> Tensor:
+    """Finite differences along every coordinate of ``x``, ``rows`` coordinates at a
     time. The batch buffer is reused: only the perturbed entries are written and reset."""
     flat = x.reshape(-1)
     numel = flat.numel()
     sides = 2 if method == "central" else 1
-    chunk = min(_chunk_rows(numel, sides, chunk_size), numel)
+    chunk = min(rows, numel)
     buffer = flat.expand(sides * chunk, numel).clone()
     grad = torch.empty_like(flat)
     for start in range(0, numel, chunk):
@@ -261,22 +314,21 @@ def _coordinate_gradient(evaluate: _BatchEvaluator, x: Tensor, eps: float, metho
             used = buffer if count == chunk else torch.cat(
                 [buffer[:count], buffer[chunk:chunk + count]])
             values = evaluate(used.reshape(2 * count, *x.shape))
-            grad[start:stop] = (values[:count] - values[count:]) / (plus - minus)
+            grad[start:stop] = (values[:count] - values[count:]) / _steps(plus, minus, 2 * eps)
             minus_diagonal.copy_(original)
         else:
             values = evaluate(buffer[:count].reshape(count, *x.shape))
-            grad[start:stop] = (values - f0) / (plus - original)
+            grad[start:stop] = (values - f0) / _steps(plus, original, eps)
         plus_diagonal.copy_(original)
     return grad.reshape(x.shape)
 
 
 def _directional_derivatives(evaluate: _BatchEvaluator, x: Tensor, directions: Tensor,
-                             eps: float, method: str, f0: Tensor,
-                             chunk_size: int | None) -> Tensor:
+                             eps: float, method: str, f0: Tensor, rows: int) -> Tensor:
     """Finite differences of ``fn`` along each row of ``directions`` (shape (k, *x.shape))."""
     k = directions.shape[0]
     sides = 2 if method == "central" else 1
-    chunk = min(_chunk_rows(x.numel(), sides, chunk_size), k)
+    chunk = min(rows, k)
     out = []
     for start in range(0, k, chunk):
         step = eps * directions[start:start + chunk]
@@ -287,6 +339,16 @@ def _directional_derivatives(evaluate: _BatchEvaluator, x: Tensor, directions: T
         else:
             out.append((evaluate(x + step) - f0) / eps)
     return torch.cat(out)
+
+
+def _progress_bar(total: int, enabled: bool, what: str) -> Any:
+    """A tqdm bar on stderr counting evaluations (with an ETA), or ``None``."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit="eval", unit_scale=True, leave=False,
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
 
 # --------------------------------------------------------------------------------------
@@ -301,16 +363,19 @@ def numerical_gradient(
     method: str = "central",
     chunk_size: int | None = None,
     vectorize: bool | None = None,
+    progress: bool = False,
 ) -> tuple[Tensor, ...]:
     """The gradient of the scalar ``fn(*tensors)`` w.r.t. each tensor, by finite differences.
 
     Returns one tensor per input, like ``torch.autograd.grad``. Central differences
     ``(f(x + eps e_i) - f(x - eps e_i)) / 2 eps`` cost 2 evaluations per input element,
     forward differences 1 (plus one at ``x``). The evaluations are batched: ``chunk_size``
-    perturbed copies (default: as many as fit in ``DEFAULT_CHUNK_ELEMENTS`` elements) go
-    through ``fn`` in one ``torch.func.vmap`` call; ``vectorize=False`` forces a loop
-    (``None`` tries vmap and falls back). ``eps`` defaults to :func:`default_eps` for the
-    tensor's dtype. Warns below float64. The given tensors are never modified.
+    perturbed copies (default: from the sizes of the tensor and of what one evaluation
+    allocates, see ``_chunk_rows``) go through ``fn`` in one ``torch.func.vmap`` call;
+    ``vectorize=False`` forces a loop (``None`` uses vmap where ``fn`` allows it). Nothing
+    is timed, so the result is the same on any machine under any load. ``eps`` defaults
+    to :func:`default_eps` for the tensor's dtype. Warns below float64. The given tensors
+    are never modified. ``progress=True`` shows a bar with an ETA on stderr.
     """
     what = "numerical_gradient"
     _check_method(method)
@@ -319,14 +384,21 @@ def numerical_gradient(
         raise DLSummaryError(f"{what}: eps={eps!r} must be a positive number, e.g. 1e-6")
     _warn_low_precision(tensors, what)
     args = [t.detach().clone() for t in tensors]  # fn can never see (or modify) the originals
+    sides = 2 if method == "central" else 1
     with torch.no_grad():
         f0 = _call(fn, args, what)
+        footprint = _elements_per_evaluation(fn, args)
+        bar = _progress_bar(sum(sides * x.numel() for x in args), progress, what)
         grads = []
-        for index, x in enumerate(args):
-            step = float(eps) if eps is not None else default_eps(x.dtype, method)
-            sides = 2 if method == "central" else 1
-            evaluate = _BatchEvaluator(fn, args, index, vectorize, what, sides * x.numel())
-            grads.append(_coordinate_gradient(evaluate, x, step, method, f0, chunk_size))
+        try:
+            for index, x in enumerate(args):
+                step = float(eps) if eps is not None else default_eps(x.dtype, method)
+                evaluate = _BatchEvaluator(fn, args, index, vectorize, what, bar)
+                rows = _chunk_rows(x.numel(), sides, footprint, chunk_size)
+                grads.append(_coordinate_gradient(evaluate, x, step, method, f0, rows))
+        finally:
+            if bar is not None:
+                bar.close()
     return tuple(grads)
 
 
@@ -526,7 +598,14 @@ def _analytic_gradients(fn: Callable[..., Tensor], tensors: Sequence[Tensor],
                 "(no grad_fn); make sure fn computes with its arguments, not copies made "
                 "with .detach(), .item() or numpy"
             )
-        grads = torch.autograd.grad(value, xs, allow_unused=True)
+        try:
+            grads = torch.autograd.grad(value, xs, allow_unused=True)
+        except Exception as err:
+            raise DLSummaryError(
+                f"{what}: autograd's backward pass raised {type(err).__name__}: {err} "
+                "(the forward pass ran; look at the backward of a custom "
+                "torch.autograd.Function or a hook)"
+            ) from err
     out = []
     for name, x, g in zip(names, xs, grads, strict=True):
         if g is None:  # autograd says the result does not depend on it
@@ -577,39 +656,73 @@ def _compare(name: str, shape: tuple[int, ...], numerical: Tensor, analytic: Ten
 
 
 MAX_KINK_PROBES = 4096
+#: One-sided differences are taken at ``eps`` and at ``KINK_STEP_RATIO * eps``: at a kink
+#: each one-sided slope stays put when the step changes, while round-off noise (of size
+#: ``noise / step``) does not.
+KINK_STEP_RATIO = 4.0
+#: A kink is shown when the one-sided slopes disagree by this many times the change of
+#: each slope between the two steps (its noise and curvature), and by more than the
+#: tolerance.
+KINK_MARGIN = 8.0
 
 
 def _kinks(evaluate: _BatchEvaluator, x: Tensor, eps: float, f0: Tensor, numerical: Tensor,
            analytic: Tensor, allowed: Tensor) -> tuple[Tensor | None, int]:
-    """Among the entries that fail, find those at a kink of ``fn``: the forward and the
-    backward one-sided differences disagree by more than the tolerance (a smooth function
-    makes them agree to O(eps)), and autograd's value lies between them (it picks a
-    one-sided derivative or a subgradient there). Returns the mask and the evaluations."""
+    """Among the entries that fail, find those at a kink of ``fn``, shown rather than
+    assumed: the forward and backward one-sided slopes, each measured at two steps, are
+    each stable across the steps (so they are slopes, not noise), disagree with each
+    other by far more than that instability and than the tolerance, and autograd's value
+    lies between them (a one-sided derivative or a subgradient). Returns the mask and the
+    number of evaluations spent."""
     bad = ~((numerical - analytic).abs() <= allowed)
     index = bad.reshape(-1).nonzero().reshape(-1)
-    if index.numel() == 0 or index.numel() > MAX_KINK_PROBES:
+    count = index.numel()
+    if count == 0 or count > MAX_KINK_PROBES:
         return None, 0
     flat = x.reshape(-1)
-    rows = flat.expand(2 * index.numel(), flat.numel()).clone()
-    steps = torch.arange(index.numel(), device=x.device)
-    rows[steps, index] += eps
-    rows[index.numel() + steps, index] -= eps
-    values = evaluate(rows.reshape(-1, *x.shape))
-    forward = (values[: index.numel()] - f0) / eps
-    backward = (f0 - values[index.numel():]) / eps
+    steps = torch.arange(count, device=x.device)
+    slopes = []
+    for h in (eps, KINK_STEP_RATIO * eps):
+        rows = flat.expand(2 * count, flat.numel()).clone()
+        rows[steps, index] += h
+        rows[count + steps, index] -= h
+        values = evaluate(rows.reshape(-1, *x.shape))
+        up = _steps(rows[steps, index], flat[index], h)
+        down = _steps(flat[index], rows[count + steps, index], h)
+        slopes.append(((values[:count] - f0) / up, (f0 - values[count:]) / down))
+    (forward, backward), (forward_far, backward_far) = slopes
+    instability = (forward - forward_far).abs() + (backward - backward_far).abs()
     tol = allowed.reshape(-1)[index]
+    gap = (forward - backward).abs()
     ana = analytic.reshape(-1)[index]
     low, high = torch.minimum(forward, backward), torch.maximum(forward, backward)
-    at_kink = ((forward - backward).abs() > tol) & (ana >= low - tol) & (ana <= high + tol)
+    slack = tol + instability
+    at_kink = ((gap > tol) & (gap > KINK_MARGIN * instability)
+               & (ana >= low - slack) & (ana <= high + slack))
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=x.device)
     mask[index[at_kink]] = True
-    return mask.reshape(x.shape), 2 * index.numel()
+    return mask.reshape(x.shape), 4 * count
+
+
+def _evaluate_at_point(fn: Callable[..., Tensor], args: Sequence[Tensor], what: str) -> Tensor:
+    """``fn`` at the given point: finite, and the same twice (else no finite difference
+    means anything)."""
+    f0 = _call(fn, args, what)
+    _check_finite(f0, what)
+    again = _call(fn, args, what)
+    if not torch.equal(f0, again):
+        raise DLSummaryError(
+            f"{what}: fn gave {float(f0)!r} and then {float(again)!r} for the same "
+            "input; finite differences need a deterministic function (dropout or "
+            "another random layer in training mode? call model.eval())"
+        )
+    return f0
 
 
 def _run_check(fn: Callable[..., Tensor], tensors: Sequence[Tensor], names: Sequence[str],
                *, fast: bool, atol: float, rtol: float, eps: float | None, method: str,
                directions: int, seed: int, chunk_size: int | None, vectorize: bool | None,
-               what: str, notes: tuple[str, ...] = ()) -> GradientCheck:
+               what: str, notes: tuple[str, ...] = (), progress: bool = False) -> GradientCheck:
     _check_method(method)
     if not (atol >= 0 and rtol >= 0):
         raise DLSummaryError(f"{what}: atol={atol!r} and rtol={rtol!r} must be >= 0")
@@ -618,46 +731,48 @@ def _run_check(fn: Callable[..., Tensor], tensors: Sequence[Tensor], names: Sequ
     if fast and (not isinstance(directions, int) or directions < 1):
         raise DLSummaryError(f"{what}: directions={directions!r} must be a positive integer")
     _warn_low_precision(tensors, what)
-    _, analytic = _analytic_gradients(fn, tensors, names, what)
     args = [t.detach().clone() for t in tensors]
     with torch.no_grad():
-        f0 = _call(fn, args, what)
-        again = _call(fn, args, what)
-        if not torch.equal(f0, again):
-            raise DLSummaryError(
-                f"{what}: fn gave {float(f0)!r} and then {float(again)!r} for the same "
-                "input; finite differences need a deterministic function (dropout or "
-                "another random layer in training mode? call model.eval())"
-            )
-        sides = 2 if method == "central" else 1
-        evaluations = 0 if method == "central" else 1  # finite-difference evaluations
-        results = []
-        generator = torch.Generator().manual_seed(seed)
-        for index, (name, x, g) in enumerate(zip(names, args, analytic, strict=True)):
-            step = float(eps) if eps is not None else default_eps(x.dtype, method)
-            n = x.numel()
-            evaluate = _BatchEvaluator(fn, args, index, vectorize, what,
-                                       sides * (directions if fast else n))
-            norm = float(g.norm())
-            if fast:
-                z = torch.randn((directions, n), generator=generator, dtype=torch.float64)
-                units = (z / z.norm(dim=1, keepdim=True)).to(device=x.device, dtype=x.dtype)
-                units = units.reshape(directions, *x.shape)
-                numerical = _directional_derivatives(evaluate, x, units, step, method, f0,
-                                                     chunk_size)
-                analytic_dir = units.reshape(directions, n) @ g.reshape(n)
-                tau = atol + rtol * norm / math.sqrt(n)
-                allowed = torch.full_like(numerical, tau)
-                results.append(_compare(name, tuple(x.shape), numerical, analytic_dir,
-                                        allowed, norm, tau))
-                evaluations += sides * directions
-            else:
-                numerical = _coordinate_gradient(evaluate, x, step, method, f0, chunk_size)
-                allowed = atol + rtol * numerical.abs()
-                kinks, extra = _kinks(evaluate, x, step, f0, numerical, g, allowed)
-                results.append(_compare(name, tuple(x.shape), numerical, g, allowed, norm,
-                                        None, kinks))
-                evaluations += sides * n + extra
+        f0 = _evaluate_at_point(fn, args, what)
+        footprint = _elements_per_evaluation(fn, args)
+    _, analytic = _analytic_gradients(fn, tensors, names, what)
+    sides = 2 if method == "central" else 1
+    evaluations = 0 if method == "central" else 1  # finite-difference evaluations
+    planned = sum(sides * (directions if fast else x.numel()) for x in args)
+    bar = _progress_bar(planned, progress, what)
+    results = []
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        with torch.no_grad():
+            for index, (name, x, g) in enumerate(zip(names, args, analytic, strict=True)):
+                step = float(eps) if eps is not None else default_eps(x.dtype, method)
+                n = x.numel()
+                evaluate = _BatchEvaluator(fn, args, index, vectorize, what, bar)
+                rows = _chunk_rows(n, sides, footprint, chunk_size)
+                norm = float(g.norm())
+                if fast:
+                    z = torch.randn((directions, n), generator=generator, dtype=torch.float64)
+                    units = (z / z.norm(dim=1, keepdim=True)).to(device=x.device, dtype=x.dtype)
+                    units = units.reshape(directions, *x.shape)
+                    numerical = _directional_derivatives(evaluate, x, units, step, method, f0,
+                                                         rows)
+                    analytic_dir = units.reshape(directions, n) @ g.reshape(n)
+                    tau = atol + rtol * norm / math.sqrt(n)
+                    allowed = torch.full_like(numerical, tau)
+                    results.append(_compare(name, tuple(x.shape), numerical, analytic_dir,
+                                            allowed, norm, tau))
+                    evaluations += sides * directions
+                else:
+                    numerical = _coordinate_gradient(evaluate, x, step, method, f0, rows)
+                    allowed = atol + rtol * numerical.abs()
+                    evaluate.progress = None  # the bar counts the planned evaluations
+                    kinks, extra = _kinks(evaluate, x, step, f0, numerical, g, allowed)
+                    results.append(_compare(name, tuple(x.shape), numerical, g, allowed, norm,
+                                            None, kinks))
+                    evaluations += sides * n + extra
+    finally:
+        if bar is not None:
+            bar.close()
     return GradientCheck(
         tensors=tuple(results), atol=float(atol), rtol=float(rtol),
         eps=None if eps is None else float(eps), method=method, fast=fast,
@@ -679,6 +794,7 @@ def check_gradients(
     names: Sequence[str] | None = None,
     chunk_size: int | None = None,
     vectorize: bool | None = None,
+    progress: bool = False,
 ) -> GradientCheck:
     """Compare autograd's gradient of the scalar ``fn(*tensors)`` with finite differences.
 
@@ -697,13 +813,15 @@ def check_gradients(
         )
     return _run_check(fn, tensors, list(names), fast=fast, atol=atol, rtol=rtol, eps=eps,
                       method=method, directions=directions, seed=seed,
-                      chunk_size=chunk_size, vectorize=vectorize, what=what)
+                      chunk_size=chunk_size, vectorize=vectorize, what=what,
+                      progress=progress)
 
 
 def check_module_gradients(
     model: nn.Module,
-    loss_fn: Callable[[Any], Tensor] | None,
+    loss_fn: Callable[..., Tensor] | None,
     *inputs: Any,
+    target: Any = None,
     fast: bool = False,
     atol: float = 1e-5,
     rtol: float = 1e-3,
@@ -714,16 +832,21 @@ def check_module_gradients(
     dtype: torch.dtype | None = torch.float64,
     chunk_size: int | None = None,
     vectorize: bool | None = None,
+    progress: bool = False,
 ) -> GradientCheck:
-    """Check autograd's gradient of ``loss_fn(model(*inputs))`` w.r.t. every trainable
-    parameter, reported per qualified parameter name.
+    """Check autograd's gradient of ``loss_fn(model(*inputs), target)`` (PyTorch's
+    convention; ``loss_fn(model(*inputs))`` when no ``target`` is given) w.r.t. every
+    trainable parameter, reported per qualified parameter name.
 
-    Works on a deep copy cast to ``dtype`` (float64 by default, since finite differences
-    in float32 cannot judge a gradient to 1e-3; ``dtype=None`` keeps the model's own),
-    so the caller's model is never changed. ``loss_fn=None`` uses a fixed random
-    projection of the output, ``(out * R).sum()``, which (unlike ``out.sum()``) cannot
-    hide errors that cancel across outputs. Put the model in eval mode (or remove its
-    randomness) first: the loss must be a deterministic function of the parameters.
+    ``inputs`` are the arguments of ``forward``, as many as it takes: floating-point
+    tensors are cast to ``dtype``, integer and boolean ones (token ids, masks) and
+    non-tensors are passed unchanged. Works on a deep copy cast to ``dtype`` (float64 by
+    default, since finite differences in float32 cannot judge a gradient to 1e-3;
+    ``dtype=None`` keeps the model's own), so the caller's model is never changed.
+    ``loss_fn=None`` uses a fixed random projection of the output, ``(out * R).sum()``,
+    which (unlike ``out.sum()``) cannot hide errors that cancel across outputs. Put the
+    model in eval mode (or remove its randomness) first: the loss must be a deterministic
+    function of the parameters. ``progress=True`` shows a bar with an ETA on stderr.
     """
     what = "check_module_gradients"
     if not isinstance(model, nn.Module):
@@ -733,8 +856,14 @@ def check_module_gradients(
         )
     if loss_fn is not None and not callable(loss_fn):
         raise DLSummaryError(
-            f"{what}: loss_fn must map the model's output to a scalar (or be None), got a "
-            f"{type(loss_fn).__name__}; e.g. lambda out: F.cross_entropy(out, y)"
+            f"{what}: loss_fn must map the model's output (and the target) to a scalar, or "
+            f"be None; got a {type(loss_fn).__name__}, e.g. nn.CrossEntropyLoss() with "
+            "target=y"
+        )
+    if loss_fn is None and target is not None:
+        raise DLSummaryError(
+            f"{what}: a target was given but no loss_fn to compare the output with; pass "
+            "e.g. nn.MSELoss() as loss_fn"
         )
     work = copy.deepcopy(model)
     if dtype is not None:
@@ -746,38 +875,57 @@ def check_module_gradients(
             "nothing to check"
         )
     device = named[0][1].device
-    cast_inputs = []
-    for position, value in enumerate(inputs):
+
+    def cast(value: Any, label: str) -> Any:
         if isinstance(value, Tensor):
             if value.device != device:
                 raise DLSummaryError(
-                    f"{what}: input {position} is on {value.device} but "
-                    f"{type(model).__name__}'s parameters are on {device}; move it with "
-                    f".to('{device}')"
+                    f"{what}: {label} is on {value.device} but {type(model).__name__}'s "
+                    f"parameters are on {device}; move it with .to('{device}')"
                 )
+            if value.layout != torch.strided:
+                raise DLSummaryError(
+                    f"{what}: {label} is a {value.layout} tensor; pass .to_dense()"
+                )
+            value = value.detach()
             if value.is_floating_point() and dtype is not None:
                 value = value.to(dtype)
-        cast_inputs.append(value)
+        return value
+
+    cast_inputs = tuple(cast(v, f"input {i}") for i, v in enumerate(inputs))
+    cast_target = cast(target, "target")
     names = [n for n, _ in named]
     buffers = dict(work.named_buffers())
     frozen = {n: p.detach() for n, p in work.named_parameters() if not p.requires_grad}
     projection: list[Tensor] = []
 
+    def describe_inputs() -> str:
+        return ", ".join(
+            f"{tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}"
+            if isinstance(v, Tensor) else type(v).__name__
+            for v in cast_inputs
+        ) or "none"
+
     def forward(*params: Tensor) -> Tensor:
         state = {**buffers, **frozen, **dict(zip(names, params, strict=True))}
         try:
-            out = torch.func.functional_call(work, state, tuple(cast_inputs))
+            out = torch.func.functional_call(work, state, cast_inputs)
         except Exception as err:
-            shapes = ", ".join(
-                str(tuple(v.shape)) if isinstance(v, Tensor) else type(v).__name__
-                for v in cast_inputs
-            )
+            hint = ""
+            if loss_fn is not None and target is None and len(cast_inputs) > 1:
+                hint = "; if the last input is the loss's target, pass it as target=..."
             raise DLSummaryError(
                 f"{what}: {type(model).__name__}.forward raised {type(err).__name__} on "
-                f"inputs of shapes {shapes}: {err}"
+                f"inputs ({describe_inputs()}): {err}{hint}"
             ) from err
         if loss_fn is not None:
-            return loss_fn(out)
+            try:
+                return loss_fn(out) if target is None else loss_fn(out, cast_target)
+            except Exception as err:
+                call = "loss_fn(output)" if target is None else "loss_fn(output, target)"
+                raise DLSummaryError(
+                    f"{what}: {call} raised {type(err).__name__}: {err}"
+                ) from err
         if not isinstance(out, Tensor):
             raise DLSummaryError(
                 f"{what}: {type(model).__name__} returned a {type(out).__name__}; pass a "
@@ -790,9 +938,10 @@ def check_module_gradients(
         return (out * projection[0]).sum()
 
     params = [p.detach() for _, p in named]
-    notes = ()
+    notes: tuple[str, ...] = ()
     if dtype is not None:
         notes = (f"checked on a {str(dtype).removeprefix('torch.')} copy of the model",)
     return _run_check(forward, params, names, fast=fast, atol=atol, rtol=rtol, eps=eps,
                       method=method, directions=directions, seed=seed,
-                      chunk_size=chunk_size, vectorize=vectorize, what=what, notes=notes)
+                      chunk_size=chunk_size, vectorize=vectorize, what=what, notes=notes,
+                      progress=progress)
