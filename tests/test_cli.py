@@ -1,5 +1,10 @@
 """The command line as a whole: the help, the MODEL spec, --input-size, --kwargs, and
-the error conventions shared by every command (one line, exit code 2, no traceback)."""
+the conventions shared by every command: a user's mistake is one line and exit code 2 (no
+traceback unless --debug, before or after the command), --device names a device that
+exists, and a reader that goes away (`| head`) ends the command quietly.
+
+The commands run as subprocesses, the way a user meets them. No wall-clock limit: a slow
+machine is not a failure."""
 
 from __future__ import annotations
 
@@ -16,7 +21,17 @@ from dlsummary.cli._common import CLIError, load_model, parse_input_size, parse_
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dlsummary", *args], capture_output=True,
-                          text=True, timeout=300, cwd=cwd)
+                          text=True, cwd=cwd)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2, one line on stderr naming every fragment, no traceback; return the line."""
+    message = proc.stderr.strip()
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert len(message.splitlines()) == 1 and "Traceback" not in message, message
+    for fragment in fragments:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+    return message
 
 
 def test_help_lists_every_command_with_an_example():
@@ -71,6 +86,8 @@ def model_file(tmp_path):
             return 42
         def broken():
             raise RuntimeError("out of coffee")
+        def needs_width(width, depth=1):
+            return nn.Sequential(nn.Conv2d(1, width, 3), nn.ReLU())
         instance = nn.Linear(2, 3)
         NUMBER = 7
     """))
@@ -139,3 +156,116 @@ def test_answer_json(tmp_path):
     proc = run_cli("answer", "dropout.3", "--json", "--no-evidence")
     data = json.loads(proc.stdout)
     assert data["id"] == "dropout.3" and data["answer"].startswith("**Answer:**")
+
+
+# --- conventions every subcommand shares, driven as a user would --------------------------
+
+def _bad_invocations(model_file) -> dict[str, list[str]]:
+    """Per subcommand, a cheap invocation that is a user's mistake (exit 2)."""
+    model = f"{model_file}:small"
+    return {
+        "report": ["report", "--notebook", str(model_file.parent / "no_such_key.py")],
+        "answer": ["answer", "no_such.99"],
+        "rf": ["rf", model, "--input-size", "1,a,8,8"],
+        "gradflow": ["gradflow", model, "--input-size", "1,a,8,8"],
+        "gradcheck": ["gradcheck", model, "--input-size", "1,a,8,8"],
+    }
+
+
+def test_every_subcommand_has_a_debug_case(model_file):
+    assert set(_bad_invocations(model_file)) == set(SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_debug_before_or_after_the_command_shows_the_traceback(model_file, command):
+    args = _bad_invocations(model_file)[command]
+    plain = run_cli(*args)
+    line = assert_one_line_error(plain, f"dlsummary {command}: error:")
+    for argv in (["--debug", *args], [*args, "--debug"]):
+        debug = run_cli(*argv)
+        assert debug.returncode == 2, debug.stderr
+        assert "Traceback (most recent call last)" in debug.stderr, (argv, debug.stderr)
+        assert debug.stderr.strip().splitlines()[-1] == line, "the one-line message still ends it"
+
+
+@pytest.mark.parametrize("device, fragments", [
+    ("gpu", ["'gpu' is not a device name", "did you mean --device cuda?"]),
+    ("cpi", ["'cpi' is not a device name", "did you mean --device cpu?"]),
+    ("cuda:x", ["'cuda:x' is not a device name", "cuda:N"]),
+])
+def test_unknown_device_is_one_line_with_a_suggestion(model_file, device, fragments):
+    proc = run_cli("rf", f"{model_file}:small", "--input-size", "1,1,8,8", "--device", device)
+    assert_one_line_error(proc, "--device", *fragments)
+
+
+@pytest.mark.parametrize("command", ["rf", "gradflow", "gradcheck"])
+@pytest.mark.parametrize("device", ["cuda", "mps"])
+def test_unavailable_device_is_one_line(model_file, command, device):
+    import torch
+
+    available = (torch.cuda.is_available() if device == "cuda"
+                 else torch.backends.mps.is_available())
+    if available:
+        pytest.skip(f"this machine has {device}")
+    proc = run_cli(command, f"{model_file}:small", "--input-size", "1,1,8,8",
+                   "--device", device)
+    assert_one_line_error(proc, f"--device '{device}'", "available here", "--device cpu")
+
+
+def test_cpu_device_is_accepted(model_file):
+    proc = run_cli("rf", f"{model_file}:small", "--input-size", "1,1,8,8", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "receptive field 3x3" in proc.stdout
+
+
+def test_callable_that_needs_arguments_points_at_kwargs(model_file):
+    proc = run_cli("rf", f"{model_file}:needs_width", "--input-size", "1,1,8,8")
+    assert_one_line_error(proc, "needs the argument width", "--kwargs '{\"width\": ")
+    # a torch class as MODEL: its constructor's required arguments, named
+    proc = run_cli("gradflow", "torch.nn:Linear", "--input-size", "4,8")
+    assert_one_line_error(proc, "in_features, out_features", "--kwargs")
+    # a misspelt argument: the names it does take, and the closest
+    proc = run_cli("rf", f"{model_file}:needs_width", "--input-size", "1,1,8,8",
+                   "--kwargs", '{"widht": 4}')
+    assert_one_line_error(proc, "no argument 'widht'", "did you mean 'width'?", "width, depth")
+    # and the negative control: with --kwargs it runs
+    proc = run_cli("rf", f"{model_file}:needs_width", "--input-size", "1,1,8,8",
+                   "--kwargs", '{"width": 4}')
+    assert proc.returncode == 0, proc.stderr
+
+
+def _closed_pipe_cases(model_file) -> dict[str, list[str]]:
+    model = f"{model_file}:small"
+    return {
+        "help": ["--help"],
+        "report": ["report", "--help"],  # executing the key is minutes; its output path is
+        "answer": ["answer", "--help"],  # main()'s, the same for every command
+        "rf": ["rf", model, "--input-size", "1,1,8,8"],
+        "gradflow": ["gradflow", model, "--input-size", "2,1,8,8"],
+        "gradcheck": ["gradcheck", model, "--input-size", "1,1,6,6"],
+    }
+
+
+@pytest.mark.parametrize("case", ["help", "report", "answer", "rf", "gradflow", "gradcheck"])
+def test_a_closed_pipe_ends_quietly(model_file, case):
+    """`dlsummary ... | head`: the reader is gone before the command writes; no traceback,
+    exit 141 as for a tool killed by SIGPIPE (argparse's help printer drops the text itself
+    and exits 0)."""
+    args = _closed_pipe_cases(model_file)[case]
+    proc = subprocess.Popen([sys.executable, "-m", "dlsummary", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader has gone
+    stderr = proc.stderr.read()
+    returncode = proc.wait()
+    assert stderr == "", stderr
+    assert returncode == (0 if "--help" in args else 141), stderr
+
+
+def test_head_through_a_shell_pipeline(model_file):
+    """The same as a user types it, exit status of the pipeline included (head's)."""
+    proc = subprocess.run(
+        ["bash", "-c", f"'{sys.executable}' -m dlsummary rf '{model_file}:small' "
+                       "--input-size 1,1,8,8 --json | head -n 2"],
+        capture_output=True, text=True)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -2,18 +2,20 @@
 
 Each subcommand module defines ``add_parser(subparsers, parents)`` and ``run(args) -> int``.
 Exit codes: 0 success, 1 a check failed, 2 bad usage or input (a one-line message;
-``--debug`` shows the traceback).
+``--debug``, before or after the subcommand, shows the traceback), 141 the reader of the
+output went away (``dlsummary ... | head``: quiet, as for any Unix tool killed by SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 
-from dlsummary.cli._common import EXIT_BAD_INPUT, OneLineArgumentParser
+from dlsummary.cli._common import EXIT_BAD_INPUT, EXIT_BROKEN_PIPE, OneLineArgumentParser
 from dlsummary.errors import DLSummaryError
 
 # subcommand name -> module; order is the order of `dlsummary --help`
@@ -23,6 +25,8 @@ SUBCOMMANDS = {
     "rf": "dlsummary.cli.rf",
     "gradflow": "dlsummary.cli.gradflow",
     "gradcheck": "dlsummary.cli.gradcheck",
+    "assignment": "dlsummary.cli.assignment",
+    "grade": "dlsummary.cli.grade",
 }
 
 
@@ -32,8 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="The dlsummary answer key and its tools.",
         epilog="Run 'dlsummary COMMAND --help' for a command's options and an example.",
     )
+    # After the subcommand too; SUPPRESS: when absent there, the top-level value stands
+    # (a default here would overwrite `dlsummary --debug COMMAND`).
     debug = argparse.ArgumentParser(add_help=False)
-    debug.add_argument("--debug", action="store_true", help="show the traceback on errors")
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback on errors")
     parser.add_argument("--debug", action="store_true", help="show the traceback on errors")
     parser.add_argument("--version", action="version", version=_version())
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND",
@@ -56,6 +63,27 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code. Output into a closed pipe ends quietly."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as noise at interpreter exit
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file descriptor behind stdout
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -5,18 +5,30 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import importlib.util
+import inspect
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dlsummary.errors import DLSummaryError
 
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `tool | head` elsewhere
+
+DEVICE_KINDS = ("cpu", "cuda", "mps")
+# names people type for a device torch calls otherwise
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "cuda0": "cuda:0", "metal": "mps",
+                   "apple": "mps", "m1": "mps", "m2": "mps"}
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CLIError(DLSummaryError):
@@ -113,6 +125,7 @@ def load_model(
     import torch
     from torch import nn
 
+    dev = resolve_device(device) if device else None  # before minutes of model building
     obj = load_callable(spec)
     torch.manual_seed(seed)
     if isinstance(obj, nn.Module):
@@ -120,28 +133,91 @@ def load_model(
             raise CLIError(f"MODEL {spec!r} is a module instance; --kwargs needs a callable")
         model = obj
     elif callable(obj):
-        try:
-            model = obj(**(kwargs or {}))
-        except Exception as err:
-            raise CLIError(
-                f"MODEL {spec!r}: calling it with {kwargs or {}} raised "
-                f"{type(err).__name__}: {err}"
-            ) from err
+        model = _call_factory(spec, obj, kwargs or {})
     else:
         raise CLIError(f"MODEL {spec!r} is a {type(obj).__name__}, not a callable or nn.Module")
     if not isinstance(model, nn.Module):
         raise CLIError(
             f"MODEL {spec!r} returned a {type(model).__name__}, not a torch.nn.Module"
         )
-    if device:
-        try:
-            dev = torch.device(device)
-        except RuntimeError as err:
-            raise CLIError(f"--device {device!r} is not a device ({err})") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise CLIError("--device cuda was asked for, but no CUDA device is available")
+    if dev is not None:
         model = model.to(dev)
     return model.eval()
+
+
+def resolve_device(text: str) -> torch.device:
+    """``--device`` text -> a ``torch.device`` that exists on this machine, or a one-line
+    :class:`CLIError`: an unknown name gets a suggestion, an absent device says so."""
+    import torch
+
+    name = text.strip().lower()
+    kind, colon, index = name.partition(":")
+    if kind in _DEVICE_ALIASES:
+        suggestion = _DEVICE_ALIASES[kind] + (f":{index}" if colon and ":" not in
+                                              _DEVICE_ALIASES[kind] else "")
+        raise CLIError(f"--device {text!r} is not a device name; did you mean "
+                       f"--device {suggestion}? (devices: cpu, cuda, cuda:N, mps)")
+    if kind not in DEVICE_KINDS or (colon and not index.isdigit()):
+        close = difflib.get_close_matches(kind, DEVICE_KINDS, n=1)
+        hint = f"did you mean --device {close[0]}? " if close and kind not in DEVICE_KINDS else ""
+        raise CLIError(f"--device {text!r} is not a device name; {hint}"
+                       "(devices: cpu, cuda, cuda:N, mps)")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            build = ("this PyTorch is a CPU-only build" if torch.version.cuda is None
+                     else "no CUDA device is visible")
+            raise CLIError(f"--device {text!r}: no CUDA device is available here ({build}, "
+                           f"torch {torch.__version__}); use --device cpu")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise CLIError(f"--device {text!r}: this machine has {count} CUDA device(s), "
+                           f"cuda:0 to cuda:{count - 1}")
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            other = " or --device cuda" if torch.cuda.is_available() else ""
+            raise CLIError(f"--device {text!r}: the Apple-silicon GPU (MPS) is not available "
+                           f"here; use --device cpu{other}")
+        if index and index != "0":
+            raise CLIError(f"--device {text!r}: MPS has one device, mps (or mps:0)")
+    if kind == "cpu" and index and index != "0":
+        raise CLIError(f"--device {text!r}: write --device cpu")
+    return torch.device(name)
+
+
+def _call_factory(spec: str, factory: Any, kwargs: dict[str, Any]) -> Any:
+    """Call the MODEL callable with ``kwargs``; arguments it needs but was not given, or
+    names it does not take, are a one-line error that points at ``--kwargs``."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without a signature: just call it
+        signature = None
+    if signature is not None:
+        params = signature.parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        unknown = [k for k in kwargs if k not in params and not takes_any]
+        if unknown:
+            names = [n for n, p in params.items()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise CLIError(
+                f"MODEL {spec!r} takes no argument {unknown[0]!r}{hint}; its arguments: "
+                f"{', '.join(names) if names else 'none'}")
+        missing = [n for n, p in params.items() if p.default is p.empty and n not in kwargs
+                   and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if missing:
+            example = ", ".join(f'"{n}": VALUE' for n in missing)
+            raise CLIError(
+                f"MODEL {spec!r} needs the argument{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)}: give {'them' if len(missing) > 1 else 'it'} with "
+                f"--kwargs '{{{example}}}'")
+    try:
+        return factory(**kwargs)
+    except Exception as err:
+        raise CLIError(
+            f"MODEL {spec!r}: calling it with {kwargs} raised {type(err).__name__}: {err}"
+        ) from err
 
 
 def model_parent() -> argparse.ArgumentParser:
@@ -159,7 +235,8 @@ def model_parent() -> argparse.ArgumentParser:
         "--kwargs", default=None, metavar="JSON",
         help="keyword arguments for the MODEL callable, as a JSON object",
     )
-    parent.add_argument("--device", default=None, help="cpu (default) or cuda")
+    parent.add_argument("--device", default=None, metavar="DEVICE",
+                        help="cpu (default), cuda, cuda:N or mps; where the model and data live")
     parent.add_argument("--json", action="store_true", help="print machine-readable JSON")
     return parent
 
