@@ -38,6 +38,44 @@ def distinct_stack(depth: int, width: int, act: type[nn.Module], n_in: int = 8,
     return net
 
 
+def tanh_mlp(depth: int = 10, width: int = 64, gain: float | None = None) -> nn.Sequential:
+    """``depth`` Linear layers with tanh between them; PyTorch's default initialisation, or
+    Xavier with ``gain`` (5/3 keeps tanh's backward gain near 1)."""
+    layers: list[nn.Module] = [nn.Linear(32, width), nn.Tanh()]
+    for _ in range(depth - 2):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    net = nn.Sequential(*layers, nn.Linear(width, 1))
+    if gain is not None:
+        for m in net:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_normal_(m.weight, gain=gain)
+                nn.init.zeros_(m.bias)
+    return net
+
+
+class UNet(nn.Module):
+    """A two-level U-Net (15k parameters): its bottleneck sees the smallest tensors."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+
+        def block(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(o, o, 3, padding=1), nn.ReLU())
+
+        self.enc1, self.enc2, self.bottleneck = block(3, c), block(c, 2 * c), block(2 * c, 2 * c)
+        self.up2, self.dec2 = nn.ConvTranspose2d(2 * c, 2 * c, 2, stride=2), block(4 * c, c)
+        self.up1, self.dec1 = nn.ConvTranspose2d(c, c, 2, stride=2), block(2 * c, c)
+        self.head = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)
+        e2 = self.enc2(nn.functional.max_pool2d(e1, 2))
+        b = self.bottleneck(nn.functional.max_pool2d(e2, 2))
+        d2 = self.dec2(torch.cat([self.up2(b), e2], 1))
+        return self.head(self.dec1(torch.cat([self.up1(d2), e1], 1)))
+
+
 def measure(model: nn.Module, x: torch.Tensor, **kwargs) -> GradientFlow:
     with gradient_flow(model, **kwargs) as flow:
         model(x).pow(2).mean().backward()
@@ -121,7 +159,8 @@ def test_tiny_gradients_do_not_underflow():
     for call, ref in zip(flow.layers, expected, strict=True):
         assert call.grad_output_norm == pytest.approx(ref, rel=1e-3)
     assert flow.diagnosis == "vanishing" and flow.fold_change < 1e-12
-    assert "-fold from the last layer call (#50, Linear) to the first (#0, Linear)" in flow.reason
+    assert ("-fold per unit from the last layer call (#50, Linear) to #0 (0, Linear), over 25 "
+            "layers") in flow.reason and flow.worst == 0
 
 
 @pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e-16, 3e-15, 1e-10, 1.0, 1e10, 1e20])
@@ -199,12 +238,17 @@ def test_diagnoses_vanishing_exploding_and_healthy():
     assert exploding.fold_change > 1e3 > 1e-3 > vanishing.fold_change
 
 
-def test_threshold_moves_the_verdict():
+def test_thresholds_move_the_verdict():
     torch.manual_seed(0)
-    net, x = distinct_stack(4, 16, nn.Sigmoid), torch.randn(16, 8)
-    fold = measure(net, x).fold_change
-    assert measure(net, x, threshold=0.5 / fold).diagnosis == "vanishing"
-    assert measure(net, x, threshold=2 / fold).diagnosis == "healthy"
+    net, x = tanh_mlp(), torch.randn(256, 32)
+    flow = measure(net, x)
+    worst = flow.layers[flow.worst]
+    fold, rate = 1 / worst.per_unit_ratio, 1 / worst.per_layer
+    assert 10 < fold < 1e3 and rate > 1.5  # vanishing by the per-layer rule only
+    assert measure(net, x, per_layer=1.01 * rate).diagnosis == "healthy"
+    assert measure(net, x, per_layer=0.99 * rate).diagnosis == "vanishing"
+    assert measure(net, x, per_layer=1e9, threshold=0.99 * fold).diagnosis == "vanishing"
+    assert measure(net, x, per_layer=1e9, threshold=1.01 * fold).diagnosis == "healthy"
 
 
 def test_non_finite_gradient_is_exploding():
@@ -213,6 +257,203 @@ def test_non_finite_gradient_is_exploding():
         (net(torch.randn(4, 3)).sum() * float("inf")).backward()
     assert flow.diagnosis == "exploding"
     assert "inf" in flow.reason or "nan" in flow.reason
+
+
+def test_ten_layer_tanh_mlp_is_vanishing_and_its_xavier_twin_healthy():
+    """A 10-layer tanh MLP at default initialisation loses ~1.7x per layer (0.58 x tanh'):
+    a fall of ~160-fold, under the old end-to-end threshold of 1000 but not healthy."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 32)
+    flow = measure(tanh_mlp(), x)
+    assert flow.diagnosis == "vanishing"
+    assert flow.worst == 0 and flow.layers[0].depth == 9
+    assert 1e-3 < flow.layers[0].per_unit_ratio < 1e-1
+    assert f"#0 (0, Linear), over 9 layers: {1 / flow.layers[0].per_layer:.3g}-fold per layer" \
+        in flow.reason
+    torch.manual_seed(0)
+    control = measure(tanh_mlp(gain=5 / 3), x)
+    assert control.diagnosis == "healthy" and "within the thresholds" in control.reason
+    assert control.layers[control.worst].per_layer > 1 / 1.5
+
+
+def test_unet_bottleneck_is_judged_per_element():
+    torch.manual_seed(0)
+    net, x, target = UNet(), torch.randn(1, 3, 16, 16), torch.randn(1, 3, 16, 16)
+    with gradient_flow(net) as flow:
+        nn.functional.mse_loss(net(x), target).backward()
+    # the reference: the bottleneck's and the head's output gradients, retained by hand
+    outputs: dict[str, torch.Tensor] = {}
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: outputs.setdefault(n, o))
+               for n, m in net.named_modules() if n in ("bottleneck.0", "head")]
+    out = net(x)
+    for t in outputs.values():
+        t.retain_grad()
+    nn.functional.mse_loss(out, target).backward()
+    for h in handles:
+        h.remove()
+    bottle, head = outputs["bottleneck.0"].grad, outputs["head"].grad
+    by_norm = float(bottle.double().norm() / head.double().norm())
+    by_element = by_norm * math.sqrt(head.numel() / bottle.numel())  # 768 vs 256 elements
+    assert 1 / 1e4 < by_norm < by_element < 1 / 1e3
+    worst = flow.layers[flow.worst]
+    assert worst.name == "bottleneck.0" and flow.diagnosis == "vanishing"
+    assert worst.per_unit_ratio == pytest.approx(by_element, rel=1e-5)
+    assert f"{_fold_text(1 / worst.per_unit_ratio)}-fold per unit" in flow.reason
+    assert "to #8 (bottleneck.0, Conv2d), over 8 layers" in flow.reason
+    assert flow.fold_change > 1e-3  # the first layer, fed by the skip, sees far less fall
+
+
+def _fold_text(value: float) -> str:
+    from dlsummary.gradflow import _fold
+
+    return _fold(value)
+
+
+def test_a_smaller_tensor_does_not_masquerade_as_vanishing():
+    """A 1-unit bottleneck whose per-element gradient equals the 256-unit layer's: its norm
+    is 16 times smaller, per unit the same: healthy. The norm alone would say vanishing."""
+    squeeze, expand = nn.Linear(256, 1, bias=False), nn.Linear(1, 256, bias=False)
+    with torch.no_grad():
+        squeeze.weight.fill_(1.0)  # back to 256 units: each element gets the same gradient
+        expand.weight.fill_(1 / 16)
+    net = nn.Sequential(nn.Linear(256, 256), squeeze, expand)
+    with torch.no_grad():
+        net[0].weight.mul_(1e-4)  # the output is ~0, so its gradient is -2 target / size
+        net[0].bias.zero_()
+    gen = torch.Generator().manual_seed(0)
+    x, target = torch.randn(64, 256, generator=gen), torch.randn(64, 256, generator=gen)
+    with gradient_flow(net) as flow:  # a random target: the output gradients are unrelated
+        nn.functional.mse_loss(net(x), target).backward()
+    bottleneck, out = flow.layers[1], flow.layers[2]
+    by_norm = bottleneck.grad_output_norm / out.grad_output_norm
+    assert by_norm < 1 / 10  # what a norm-only rule would call a 1-layer vanishing
+    assert bottleneck.per_unit_ratio == pytest.approx(by_norm * 16, rel=1e-12)
+    assert 0.5 < bottleneck.per_unit_ratio < 2
+    assert flow.diagnosis == "healthy"
+
+
+def test_a_wider_tensor_does_not_masquerade_as_vanishing():
+    """A 2-layer MLP 64 -> 512 -> 1 at default init: per element the hidden gradient is
+    ~40x smaller than the 1-unit output's, by norm 1.7x: healthy."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 1))
+    flow = measure(net, torch.randn(128, 64))
+    hidden = flow.layers[0]
+    by_norm = hidden.grad_output_norm / flow.layers[-1].grad_output_norm
+    assert by_norm * math.sqrt(1 / 512) < 1 / 10 < by_norm
+    assert hidden.per_unit_ratio == pytest.approx(by_norm, rel=1e-12)
+    assert flow.diagnosis == "healthy"
+
+
+def test_exactly_zero_gradient_anywhere_is_named():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.Linear(4, 1))
+    with torch.no_grad():
+        net[0].bias.fill_(-100.0)  # every ReLU unit dead: nothing reaches layer call #0
+    flow = measure(net, torch.randn(8, 4))
+    assert flow.diagnosis == "vanishing" and flow.worst == 0
+    assert "exactly zero" in flow.reason and "#0 (0, Linear)" in flow.reason
+
+
+def test_every_transformer_encoder_parameter_is_in_a_row_or_a_note():
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=16, nhead=2, dim_feedforward=32, dropout=0.0,
+                                       batch_first=True)
+    net = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    x = torch.randn(3, 5, 16)
+    with gradient_flow(net) as flow:
+        net(x).pow(2).mean().backward()
+    names = {n for n, p in net.named_parameters()}
+    in_rows = {n for c in flow.layers for n in c.parameters}
+    assert in_rows == names and not flow.no_gradient
+    attention = [c for c in flow.layers if c.type == "MultiheadAttention"]
+    assert len(attention) == 2
+    assert "layers.0.self_attn.out_proj.weight" in attention[0].parameters
+    note = next(n for n in flow.notes if n.startswith("used functionally"))
+    assert "layers.0.self_attn.out_proj" in note and "layers.1.self_attn.out_proj" in note
+    # the attention row's parameter gradient covers in_proj and out_proj, as .grad says
+    prefix = "layers.0.self_attn."
+    expected = math.sqrt(sum(float(p.grad.double().norm()) ** 2
+                             for n, p in net.named_parameters() if n.startswith(prefix)))
+    assert attention[0].param_grad_norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_parameters_without_gradient_are_named():
+    class Partial(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(3, 1), nn.Linear(3, 1)
+            self.frozen = nn.Linear(3, 3)
+            self.frozen.requires_grad_(False)
+
+        def forward(self, x):
+            return self.used(self.frozen(x))
+
+    flow = measure(Partial(), torch.randn(4, 3))
+    assert flow.no_gradient == ("unused.weight", "unused.bias")
+    assert any("2 trainable parameter(s) received no gradient: unused.weight" in n
+               for n in flow.notes)
+    assert any("neither ran" in n and "unused (Linear)" in n for n in flow.notes)
+
+
+class TanhRNN(nn.Module):
+    def __init__(self, hidden: int = 16, recurrent: bool = True) -> None:
+        super().__init__()
+        self.rnn = nn.RNN(4, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+        if not recurrent:
+            with torch.no_grad():
+                self.rnn.weight_hh_l0.zero_()
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.head(out[:, -1])
+
+
+def test_per_step_input_gradient_matches_autograd_and_vanishes_over_time():
+    torch.manual_seed(0)
+    net, x = TanhRNN(), torch.randn(8, 40, 4)
+    with gradient_flow(net) as plain:
+        net(x).pow(2).mean().backward()
+    assert plain.diagnosis == "healthy"  # the layer view sees two layer calls only
+    with gradient_flow(net, per_step=True) as flow:
+        net(x).pow(2).mean().backward()
+    leaf = x.clone().requires_grad_()
+    net.zero_grad()
+    net(leaf).pow(2).mean().backward()
+    expected = leaf.grad.double().norm(dim=(0, 2))
+    steps = flow.layers[0].step_grad_norms
+    assert len(steps) == 40 and flow.layers[1].step_grad_norms is None
+    assert steps == pytest.approx(expected.tolist(), rel=1e-6)
+    assert steps[0] < 1e-3 * steps[-1]
+    assert flow.diagnosis == "vanishing" and "from step 39 to step 0" in flow.reason
+    short = torch.randn(8, 3, 4)
+    with gradient_flow(net, per_step=True) as control:  # 3 steps: too short to vanish
+        net(short).pow(2).mean().backward()
+    assert control.diagnosis == "healthy" and any("over time steps" in n for n in control.notes)
+
+
+def test_per_step_exactly_zero_first_step_is_vanishing():
+    torch.manual_seed(0)
+    net = TanhRNN(recurrent=False)  # no memory: step 0's input cannot reach the last output
+    with gradient_flow(net, per_step=True) as flow:
+        net(torch.randn(2, 6, 4)).pow(2).mean().backward()
+    assert flow.diagnosis == "vanishing" and "exactly zero at step 0" in flow.reason
+    assert flow.layers[0].step_grad_norms[0] == 0.0 < flow.layers[0].step_grad_norms[-1]
+
+
+def test_reading_inside_the_block_before_backward_is_an_error():
+    net = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 1))
+    with gradient_flow(net) as flow:
+        loss = net(torch.randn(4, 3)).pow(2).mean()
+        with pytest.raises(DLSummaryError, match="filled when loss.backward.. finishes"):
+            _ = flow.diagnosis
+        with pytest.raises(DLSummaryError, match="read before it is measured"):
+            _ = flow.layers
+        assert "pending" in repr(flow)
+        loss.backward()
+        inside = (flow.diagnosis, flow.reason, flow.grad_norms())  # filled on backward()
+    assert inside == (flow.diagnosis, flow.reason, flow.grad_norms())
+    assert inside[0] == "healthy" and len(inside[2]) == 3
 
 
 # -- no hidden state --------------------------------------------------------------------
@@ -341,8 +582,12 @@ def test_not_a_module():
 
 @pytest.mark.parametrize("threshold", [1, 0.5, -3, float("inf"), "10", True])
 def test_bad_threshold(threshold):
-    with pytest.raises(DLSummaryError, match="finite number > 1"):
+    with pytest.raises(DLSummaryError, match="threshold=.*finite number > 1"):
         gradient_flow(nn.Linear(2, 2), threshold=threshold)
+    with pytest.raises(DLSummaryError, match="per_layer=.*finite number > 1"):
+        gradient_flow(nn.Linear(2, 2), per_layer=threshold)
+    with pytest.raises(DLSummaryError, match="per_step"):
+        gradient_flow(nn.Linear(2, 2), per_step="yes")  # type: ignore[arg-type]
 
 
 def test_no_forward_and_no_backward():

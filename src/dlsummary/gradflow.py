@@ -1,27 +1,35 @@
 """Gradient-flow diagnostics: how large the gradient is at every layer *call* of one
-backward pass, whether it vanishes or explodes with depth, and which activations sit in
-their flat regions (saturated sigmoid/tanh units, dead ReLU units).
+backward pass, whether it vanishes or explodes with depth (judged at every layer, per
+unit and per layer of depth), which activations sit in their flat regions (saturated
+sigmoid/tanh units, dead ReLU units), and, for recurrent layers on request, how the
+gradient reaching the input changes over the time steps.
 
 Usage::
 
     with gradient_flow(model) as flow:
         loss = loss_fn(model(x), y)
-        loss.backward()
+        loss.backward()        # flow is filled when backward() finishes
     print(flow)            # one row per layer call, in forward order
     flow.diagnosis         # "vanishing" | "exploding" | "healthy"
-    flow.reason            # the measurement behind the diagnosis
+    flow.reason            # the worst layer call and the measurement behind the diagnosis
 
 Why per *call* and not per module: a module object used at several places of the graph
 (``[nn.Linear(H, H), nn.Sigmoid()] * 24`` puts the *same* two objects 24 times into a
 ``Sequential``) receives a different gradient at each place; the parameters' gradient is
 the sum over all its calls. The table shows every call and points out the sharing.
 
+Every trainable parameter is accounted for: a parameter of a module that never runs its
+own ``forward`` (``nn.MultiheadAttention`` uses its ``out_proj`` through
+``F.multi_head_attention_forward``) is counted in the row of its nearest ancestor that
+ran, and named in a note; parameters that received no gradient are named too.
+
 Cost: statistics stay on the device as 0-d tensors while the passes run and are read back
-once, when the ``with`` block exits (no synchronisation per layer).
+once, when a backward pass finishes (no synchronisation per layer).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Iterator
@@ -52,6 +60,16 @@ RECTIFYING = (nn.ReLU, nn.ReLU6)
 #: values, accurate to about a percent, which keeps the tool's overhead small. Dead units
 #: are counted on the whole batch (a unit is dead only if *every* example leaves it at 0).
 SATURATION_SAMPLE = 512
+
+
+#: A fall (or growth) of the per-unit gradient smaller than this is never called vanishing
+#: (exploding), however few layers it took: two layers that halve the gradient each are fine.
+MIN_FOLD = 10.0
+
+#: The fields of a GradientFlow that are measured; reading one before any backward pass has
+#: finished inside the ``with`` block is an error (they would still be empty).
+_MEASURED = frozenset({"layers", "diagnosis", "reason", "notes", "worst", "no_gradient",
+                       "fold_change", "grad_norms"})
 
 
 @dataclass(frozen=True)
@@ -87,34 +105,89 @@ class LayerCall:
     shared: str
     """Empty, or a note that this module's weights are shared (several calls, or several
     names, or parameters that another module also owns)."""
+    per_unit_ratio: float | None = None
+    """This call's output gradient relative to the last layer call's, *per unit*: the
+    milder of the ratio of norms and the ratio of root-mean-square values per element, so
+    that neither a smaller tensor (a U-Net's bottleneck) nor a wider one (an MLP's hidden
+    layer before a 1-unit head) passes for a vanishing or exploding gradient."""
+    depth: int = 0
+    """Parameterised layer calls between this call's output and the last call's output
+    (inclusive of the last): how many layers the gradient went back through to get here."""
+    parameters: tuple[str, ...] = ()
+    """Qualified names of the parameters counted in param_grad_norm and weight_norm."""
+    step_grad_norms: tuple[float, ...] | None = None
+    """Recurrent layers with ``per_step=True`` only: L2 norm of the gradient reaching the
+    layer's *input* at each time step (step 0 first)."""
+
+    @property
+    def per_layer(self) -> float | None:
+        """per_unit_ratio ** (1 / depth): the average change of the gradient per layer on
+        its way back from the last call to this one (< 1: it shrinks)."""
+        if self.per_unit_ratio is None or not self.depth or not self.per_unit_ratio > 0 \
+                or not math.isfinite(self.per_unit_ratio):
+            return None
+        return self.per_unit_ratio ** (1 / self.depth)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable record (non-finite numbers become the strings 'inf'/'nan')."""
-        return {key: _jsonable(value) for key, value in asdict(self).items()}
+        record = {key: _jsonable(value) for key, value in asdict(self).items()}
+        record["per_layer"] = _jsonable(self.per_layer)
+        if self.step_grad_norms is not None:
+            record["step_grad_norms"] = [_jsonable(v) for v in self.step_grad_norms]
+        return record
 
 
 @dataclass(frozen=True)
 class GradientFlow:
     """Per-call gradient statistics of one forward and backward pass, and a diagnosis.
 
-    Returned by ``gradient_flow(model).__enter__``; its fields are filled in when the
-    ``with`` block exits.
+    Returned by ``gradient_flow(model).__enter__``; its fields are filled in when a
+    backward pass inside the ``with`` block finishes (and again when the block exits).
+    Reading them earlier raises ``DLSummaryError``.
     """
 
     layers: tuple[LayerCall, ...] = ()
     diagnosis: str = "not measured"
-    """'vanishing', 'exploding' or 'healthy' (or 'not measured' before the block exits)."""
+    """'vanishing', 'exploding' or 'healthy' ('not measured' if the block raised)."""
     reason: str = "the with-block has not finished"
+    """The measurement behind the diagnosis: the worst layer call, its per-unit ratio to
+    the last layer call, over how many layers, and the thresholds."""
     threshold: float = 1e3
-    """Fold change of the gradient norm between the last and the first layer call above
-    which the flow is called vanishing or exploding."""
+    """Per-unit fold change between any layer call and the last above which the flow is
+    vanishing or exploding, whatever the depth."""
+    per_layer_threshold: float = 1.5
+    """Average fold change per layer of depth above which the flow is vanishing or
+    exploding (when the change is also at least MIN_FOLD = 10-fold in all)."""
+    worst: int | None = None
+    """Index of the layer call named in the reason (the smallest or largest per-unit ratio)."""
     notes: tuple[str, ...] = field(default=())
-    """Other findings: weight sharing, saturation, dead units."""
+    """Other findings: weight sharing, parameters used functionally or without gradient,
+    saturation, dead units, the gradient over time steps."""
+    no_gradient: tuple[str, ...] = ()
+    """Qualified names of trainable parameters that received no gradient in the pass."""
+    _pending: bool = field(default=False, repr=False, compare=False)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in _MEASURED and object.__getattribute__(self, "_pending"):
+            raise DLSummaryError(
+                f"GradientFlow.{name} is read before it is measured: it is filled when "
+                "loss.backward() finishes inside the 'with gradient_flow(model) as flow:' "
+                "block (or when the block exits); call backward() first, or read it after "
+                "the block")
+        return object.__getattribute__(self, name)
+
+    def __repr__(self) -> str:
+        if object.__getattribute__(self, "_pending"):
+            return "GradientFlow(<pending: filled when backward() finishes in the block>)"
+        return (f"GradientFlow(diagnosis={self.diagnosis!r}, reason={self.reason!r}, "
+                f"{len(self.layers)} layer calls, {len(self.notes)} notes)")
 
     @property
     def fold_change(self) -> float | None:
         """Gradient-output norm at the first layer call divided by the norm at the last
-        (< 1: the gradient shrinks on its way back to the input)."""
+        (< 1: the gradient shrinks on its way back to the input). The diagnosis looks at
+        every call, per unit (see ``LayerCall.per_unit_ratio``); this is the plain
+        end-to-end figure."""
         measured = [c for c in self.layers if c.grad_output_norm is not None]
         if len(measured) < 2:
             return None
@@ -128,7 +201,7 @@ class GradientFlow:
         return [c.grad_output_norm for c in self.layers]
 
     def __str__(self) -> str:
-        header = ("#", "layer", "type", "call", "|grad out|", "|grad W|", "|W|",
+        header = ("#", "layer", "type", "call", "|grad out|", "per unit", "|grad W|", "|W|",
                   "|grad W|/|W|", "saturated", "dead")
         rows = [header]
         for c in self.layers:
@@ -138,6 +211,7 @@ class GradientFlow:
                 c.type,
                 f"{c.call}/{c.calls}",
                 _fmt(c.grad_output_norm),
+                _fmt(c.per_unit_ratio),
                 _fmt(c.param_grad_norm),
                 _fmt(c.weight_norm),
                 _fmt(c.ratio),
@@ -155,14 +229,17 @@ class GradientFlow:
 
     def plot(self, ax: Any = None, label: str | None = None) -> Any:
         """Gradient norm at each layer call's output on a log scale, input side on the
-        left; returns the matplotlib Axes."""
+        left, the worst call circled; returns the matplotlib Axes."""
         import matplotlib.pyplot as plt
 
         if ax is None:
             _, ax = plt.subplots(figsize=(6, 3))
         xs = [c.index for c in self.layers if c.grad_output_norm]
         ys = [c.grad_output_norm for c in self.layers if c.grad_output_norm]
-        ax.semilogy(xs, ys, marker=".", label=label or self.diagnosis)
+        (line,) = ax.semilogy(xs, ys, marker=".", label=label or self.diagnosis)
+        if self.worst is not None and self.layers[self.worst].grad_output_norm:
+            ax.scatter([self.worst], [self.layers[self.worst].grad_output_norm], s=80,
+                       facecolors="none", edgecolors=line.get_color(), zorder=3)
         ax.set_xlabel("layer call (forward order)")
         ax.set_ylabel("|gradient at output|")
         ax.grid(True, which="major", alpha=0.3)
@@ -174,8 +251,11 @@ class GradientFlow:
             "diagnosis": self.diagnosis,
             "reason": self.reason,
             "threshold": self.threshold,
+            "per_layer_threshold": self.per_layer_threshold,
+            "worst": self.worst,
             "fold_change": _jsonable(self.fold_change),
             "notes": list(self.notes),
+            "no_gradient": list(self.no_gradient),
             "layers": [c.to_dict() for c in self.layers],
         }
 
@@ -183,18 +263,25 @@ class GradientFlow:
 class _Recorder(AbstractContextManager):
     """The context manager behind :func:`gradient_flow` (hooks in, statistics out)."""
 
-    def __init__(self, model: nn.Module, threshold: float) -> None:
+    def __init__(self, model: nn.Module, threshold: float, per_layer: float,
+                 per_step: bool) -> None:
         self.model = model
         self.threshold = threshold
-        self.result = GradientFlow(threshold=threshold)
+        self.per_layer = per_layer
+        self.per_step = per_step
+        self.result = GradientFlow(threshold=threshold, per_layer_threshold=per_layer,
+                                   _pending=True)
         self.handles: list[Any] = []
         self.calls: list[dict[str, Any]] = []
         self.call_count: dict[int, int] = {}
-        self.param_norm: dict[int, torch.Tensor] = {}
+        self.param_norm: dict[int, Any] = {}
+        self.steps: dict[int, list[dict[str, Any]]] = {}
         self.active = False
         self.entered = False
         self.passes = 0
         self.hint_rms: float | None = None
+        self.dirty = False
+        self.callback_queued = False
 
     # -- hooks --------------------------------------------------------------------------
     def _forward_hook(self, module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -206,9 +293,12 @@ class _Recorder(AbstractContextManager):
         record: dict[str, Any] = {
             "module": module, "call": count,
             "shape": tuple(tensor.shape) if tensor is not None else (),
-            "grad_norm": None, "saturated": None, "dead": None,
+            "grad_norm": None, "saturated": None, "dead": None, "steps": None,
         }
         self.calls.append(record)
+        pending_steps = self.steps.get(id(module))
+        if pending_steps:
+            record["steps"] = pending_steps.pop()
         if tensor is None:
             return
         with torch.no_grad():
@@ -229,11 +319,35 @@ class _Recorder(AbstractContextManager):
         if tensor.requires_grad:
             def grad_hook(grad: torch.Tensor, record: dict[str, Any] = record) -> None:
                 if self.active:
+                    self._backward_seen()
                     norm = _norm(grad, self.hint_rms)
                     record["grad_norm"] = norm
                     if isinstance(norm, float) and grad.numel():
                         self.hint_rms = norm / math.sqrt(grad.numel())
             self.handles.append(tensor.register_hook(grad_hook))
+
+    def _step_pre_hook(self, module: nn.Module, args: tuple[Any, ...]) -> Any:
+        """Recurrent layers with per_step: watch the gradient reaching the input sequence."""
+        if not self.active or not args or not isinstance(args[0], torch.Tensor) \
+                or not args[0].is_floating_point() or not torch.is_grad_enabled():
+            return None
+        x = args[0]
+        time_dim = 0 if x.dim() == 2 or not getattr(module, "batch_first", False) else 1
+        steps: dict[str, Any] = {"norms": None, "time_dim": time_dim}
+        self.steps.setdefault(id(module), []).append(steps)
+        if not x.requires_grad:  # an input from the data: give autograd a reason to reach it
+            x = x + torch.zeros((), dtype=x.dtype, device=x.device, requires_grad=True)
+            args = (x, *args[1:])
+
+        def hook(grad: torch.Tensor) -> None:
+            if self.active:
+                self._backward_seen()
+                other = [d for d in range(grad.dim()) if d != time_dim]
+                steps["norms"] = torch.linalg.vector_norm(
+                    grad.detach().to(torch.float64 if grad.device.type != "mps"
+                                     else torch.float32), dim=other)
+        self.handles.append(x.register_hook(hook))
+        return args
 
     def _count_pass(self, *_args: Any) -> None:
         if self.active:
@@ -242,8 +356,24 @@ class _Recorder(AbstractContextManager):
     def _param_hook(self, key: int) -> Any:
         def hook(grad: torch.Tensor) -> None:
             if self.active:
+                self._backward_seen()
                 self.param_norm[key] = _norm(grad)
         return hook
+
+    def _backward_seen(self) -> None:
+        """A backward pass is running: fill the result when it finishes."""
+        self.dirty = True
+        if not self.callback_queued:
+            self.callback_queued = True
+            # no engine callbacks (another torch): the result is filled on exit instead
+            with contextlib.suppress(AttributeError, RuntimeError):
+                torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
+
+    def _backward_done(self) -> None:
+        self.callback_queued = False
+        if self.active and self.dirty:
+            with contextlib.suppress(DLSummaryError):  # nothing yet; the exit reports it
+                self._fill_result()
 
     # -- context manager ----------------------------------------------------------------
     def __enter__(self) -> GradientFlow:
@@ -257,6 +387,8 @@ class _Recorder(AbstractContextManager):
         try:
             self.handles.append(self.model.register_forward_hook(self._count_pass))
             for module in _watched_modules(self.model):
+                if self.per_step and isinstance(module, nn.RNNBase):
+                    self.handles.append(module.register_forward_pre_hook(self._step_pre_hook))
                 self.handles.append(module.register_forward_hook(self._forward_hook))
             seen: set[int] = set()
             for param in self.model.parameters():
@@ -269,12 +401,19 @@ class _Recorder(AbstractContextManager):
         return self.result
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._remove_hooks()
-        if exc_type is not None:
-            object.__setattr__(self.result, "reason",
-                               f"the with-block raised {exc_type.__name__} before finishing")
-            return  # the user's exception propagates unchanged
-        self._fill_result()
+        try:
+            if exc_type is not None:
+                self._remove_hooks()
+                object.__setattr__(self.result, "_pending", False)
+                object.__setattr__(self.result, "diagnosis", "not measured")
+                object.__setattr__(
+                    self.result, "reason",
+                    f"the with-block raised {exc_type.__name__} before finishing")
+                return  # the user's exception propagates unchanged
+            if self.dirty or object.__getattribute__(self.result, "_pending"):
+                self._fill_result()
+        finally:
+            self._remove_hooks()
 
     def _remove_hooks(self) -> None:
         self.active = False
@@ -289,16 +428,22 @@ class _Recorder(AbstractContextManager):
             raise DLSummaryError(
                 f"gradient_flow({model_type}): no layer of the model ran inside the "
                 "with-block; call the model there, e.g. 'loss = loss_fn(model(x), y)'")
-        if all(c["grad_norm"] is None for c in self.calls):
+        if all(c["grad_norm"] is None for c in self.calls) and not self.param_norm:
             raise DLSummaryError(
                 f"gradient_flow({model_type}): no gradient reached any layer; call "
                 "loss.backward() inside the with-block, outside torch.no_grad(), on a loss "
                 "computed from the model's output")
-        values = self._read_back()
+        self.dirty = False
+        row_params, functional, unused = self._attribute_parameters()
+        values = self._read_back(row_params)
+        param_names = _param_names(self.model)
+        depth_after = _depths([rec["module"] for rec in self.calls], row_params)
         layers = []
+        measured = [i for i, rec in enumerate(self.calls) if ("grad", i) in values]
+        last = measured[-1] if measured else None
         for index, rec in enumerate(self.calls):
             module = rec["module"]
-            params = [p for p in module.parameters(recurse=False)]
+            params = row_params.get(id(module), [])
             weight_norm = param_norm = None
             if params:
                 weight_norm = math.sqrt(sum(values[("weight", id(p))] ** 2 for p in params))
@@ -314,6 +459,11 @@ class _Recorder(AbstractContextManager):
             if rec["dead"] is not None:
                 dead = values[("dead", index)] / max(rec["dead"][1], 1)
             grad_norm = values.get(("grad", index))
+            per_unit = None
+            if grad_norm is not None and last is not None:
+                per_unit = _per_unit_ratio(grad_norm, rec["shape"],
+                                           values[("grad", last)], self.calls[last]["shape"])
+            steps = values.get(("steps", index))
             layers.append(LayerCall(
                 index=index,
                 name=self.names.get(id(module), [""])[0],
@@ -328,20 +478,78 @@ class _Recorder(AbstractContextManager):
                 saturated_fraction=saturated,
                 dead_fraction=dead,
                 shared=self._sharing_note(module),
+                per_unit_ratio=per_unit,
+                depth=(depth_after[index] - depth_after[last]
+                       if last is not None and index <= last else 0),
+                parameters=tuple(param_names.get(id(p), "?") for p in params),
+                step_grad_norms=tuple(steps) if steps is not None else None,
             ))
-        diagnosis, reason = _diagnose(layers, self.threshold)
+        no_gradient = tuple(name for key, name in param_names.items()
+                            if key in self.param_ids and ("param", key) not in values)
+        diagnosis, reason, worst = _diagnose(layers, self.threshold, self.per_layer)
+        step_verdict = _diagnose_steps(layers, self.threshold, self.per_layer)
         notes = _notes(layers)
+        if step_verdict is not None:
+            step_diagnosis, step_reason = step_verdict
+            if diagnosis == "healthy" and step_diagnosis != "healthy":
+                diagnosis, reason = step_diagnosis, step_reason
+            else:
+                notes.insert(0, f"over time steps: {step_diagnosis} ({step_reason})")
         if self.passes > 1:
             notes.insert(0, f"the model ran {self.passes} forward passes inside the block; "
                             "every layer call of every pass is listed (record one pass for a "
                             "per-layer picture)")
+        notes.extend(_parameter_notes(functional, unused, no_gradient, self.names, param_names))
         object.__setattr__(self.result, "layers", tuple(layers))
         object.__setattr__(self.result, "diagnosis", diagnosis)
         object.__setattr__(self.result, "reason", reason)
+        object.__setattr__(self.result, "worst", worst)
         object.__setattr__(self.result, "notes", tuple(notes))
+        object.__setattr__(self.result, "no_gradient", no_gradient)
+        object.__setattr__(self.result, "_pending", False)
 
-    def _read_back(self) -> dict[tuple[str, int], float]:
-        """All 0-d statistics, read back with one transfer per device."""
+    @functools.cached_property
+    def param_ids(self) -> set[int]:
+        return {id(p) for p in self.model.parameters() if p.requires_grad}
+
+    def _attribute_parameters(self) -> tuple[dict[int, list[nn.Parameter]],
+                                             dict[int, list[nn.Module]], list[nn.Module]]:
+        """Which parameters each called module's rows count: its own, and those of
+        descendants that never ran their own forward (used functionally by it). Returns
+        (module id -> parameters, called module id -> functionally used descendants,
+        modules with parameters and no called ancestor)."""
+        called = {id(rec["module"]): rec["module"] for rec in self.calls}
+        rows: dict[int, list[nn.Parameter]] = {}
+        functional: dict[int, list[nn.Module]] = {}
+        unused: list[nn.Module] = []
+        counted: set[int] = set()
+        by_name = dict(self.model.named_modules(remove_duplicate=False))
+        for name, module in self.model.named_modules():
+            own = [p for p in module.parameters(recurse=False) if id(p) not in counted]
+            if not own:
+                continue
+            if id(module) in called:
+                owner = module
+            else:
+                owner = None
+                parts = name.split(".") if name else []
+                while parts:
+                    parts.pop()
+                    ancestor = by_name.get(".".join(parts))
+                    if ancestor is not None and id(ancestor) in called:
+                        owner = ancestor
+                        break
+                if owner is None:
+                    unused.append(module)
+                    continue
+                functional.setdefault(id(owner), []).append(module)
+            counted.update(id(p) for p in own)
+            rows.setdefault(id(owner), []).extend(own)
+        return rows, functional, unused
+
+    def _read_back(self, row_params: dict[int, list[nn.Parameter]],
+                   ) -> dict[tuple[str, int], Any]:
+        """All statistics, read back with one transfer per device."""
         keys: list[tuple[str, int]] = []
         tensors: list[torch.Tensor | float] = []
         for index, rec in enumerate(self.calls):
@@ -357,11 +565,11 @@ class _Recorder(AbstractContextManager):
         for key, value in self.param_norm.items():
             keys.append(("param", key))
             tensors.append(value)
-        weights = {id(p): p for rec in self.calls for p in rec["module"].parameters(recurse=False)}
+        weights = {id(p): p for params in row_params.values() for p in params}
         for key, param in weights.items():
             keys.append(("weight", key))
             tensors.append(_norm(param))
-        out: dict[tuple[str, int], float] = {}
+        out: dict[tuple[str, int], Any] = {}
         by_device: dict[torch.device, list[int]] = {}
         for i, t in enumerate(tensors):
             if isinstance(t, torch.Tensor):
@@ -373,6 +581,9 @@ class _Recorder(AbstractContextManager):
             stacked = torch.stack([tensors[i].to(wide) for i in positions]).cpu()
             for i, value in zip(positions, stacked.tolist(), strict=True):
                 out[keys[i]] = value
+        for index, rec in enumerate(self.calls):
+            if rec["steps"] is not None and rec["steps"]["norms"] is not None:
+                out[("steps", index)] = rec["steps"]["norms"].cpu().tolist()
         return out
 
     def _sharing_note(self, module: nn.Module) -> str:
@@ -399,27 +610,40 @@ class _Recorder(AbstractContextManager):
         return note
 
 
-def gradient_flow(model: nn.Module, *, threshold: float = 1e3,
-                  ) -> AbstractContextManager[GradientFlow]:
+def gradient_flow(model: nn.Module, *, threshold: float = 1e3, per_layer: float = 1.5,
+                  per_step: bool = False) -> AbstractContextManager[GradientFlow]:
     """Record per-layer-call gradient statistics of one forward and backward pass.
 
     Use as ``with gradient_flow(model) as flow: ...``: run the forward pass and
-    ``loss.backward()`` inside the block; ``flow`` (a :class:`GradientFlow`) is complete
-    when the block exits. Hooks are removed on exit, also when the block raises; the model
-    is not changed. The diagnosis is 'vanishing' ('exploding') when the gradient norm at
-    the first layer call is more than ``threshold`` times smaller (larger) than at the
-    last one, or 'exploding' when a gradient is not finite.
+    ``loss.backward()`` inside the block; ``flow`` (a :class:`GradientFlow`) is filled when
+    backward() finishes, and reading it earlier is an error. Hooks are removed on exit,
+    also when the block raises; the model is not changed.
+
+    The diagnosis compares the gradient at *every* layer call with the one at the last
+    call, per unit (``LayerCall.per_unit_ratio``), and relative to the number of layers in
+    between: 'vanishing' ('exploding') when some call's gradient is more than ``threshold``
+    times smaller (larger), or at least 10 times smaller (larger) *and* more than
+    ``per_layer`` times smaller (larger) per layer on average; 'exploding' also when a
+    gradient is not finite. The reason names the worst call. ``per_step=True`` also
+    records, for recurrent layers (``nn.RNN``, ``nn.LSTM``, ``nn.GRU``), the gradient
+    reaching the input at each time step, and judges its fall from the last step to the
+    first by the same rule (an input that does not require grad gets a zero added to it
+    that does, so that autograd reaches it; the values are unchanged).
     """
     if not isinstance(model, nn.Module):
         raise DLSummaryError(
             f"gradient_flow expects a torch.nn.Module, got {type(model).__name__}; pass "
             "the model itself, e.g. 'with gradient_flow(model) as flow:'")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-            or not threshold > 1 or math.isinf(threshold):
-        raise DLSummaryError(
-            f"gradient_flow(threshold={threshold!r}): the threshold is a fold change of the "
-            "gradient norm and must be a finite number > 1, e.g. threshold=1e3")
-    return _Recorder(model, float(threshold))
+    for label, value, example in (("threshold", threshold, "threshold=1e3"),
+                                  ("per_layer", per_layer, "per_layer=1.5")):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not value > 1 or math.isinf(value):
+            raise DLSummaryError(
+                f"gradient_flow({label}={value!r}): the {label} is a fold change of the "
+                f"gradient norm and must be a finite number > 1, e.g. {example}")
+    if not isinstance(per_step, bool):
+        raise DLSummaryError(f"gradient_flow(per_step={per_step!r}): give True or False")
+    return _Recorder(model, float(threshold), float(per_layer), per_step)
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -511,34 +735,155 @@ def _param_owners(model: nn.Module) -> dict[int, list[str]]:
     return owners
 
 
-def _diagnose(layers: list[LayerCall], threshold: float) -> tuple[str, str]:
+def _param_names(model: nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _depths(modules: list[nn.Module], row_params: dict[int, list[nn.Parameter]]) -> list[int]:
+    """For every call: how many parameterised calls come after it in forward order."""
+    after, count = [0] * len(modules), 0
+    for i in range(len(modules) - 1, -1, -1):
+        after[i] = count
+        if row_params.get(id(modules[i])):
+            count += 1
+    return after
+
+
+def _per_unit_ratio(norm: float, shape: tuple[int, ...], ref_norm: float,
+                    ref_shape: tuple[int, ...]) -> float | None:
+    """The milder of the norm ratio and the per-element RMS ratio (see LayerCall)."""
+    if not ref_norm > 0 or not math.isfinite(ref_norm) or not math.isfinite(norm):
+        return None
+    by_norm = norm / ref_norm
+    if by_norm == 0:
+        return 0.0
+    by_element = by_norm * math.sqrt(max(math.prod(ref_shape), 1) / max(math.prod(shape), 1))
+    return min(by_norm, by_element, key=lambda r: abs(math.log(r)))
+
+
+def _judge(ratio: float, depth: int, threshold: float, per_layer: float) -> str:
+    """'vanishing', 'exploding' or 'healthy' for one ratio over ``depth`` layers."""
+    rate = ratio ** (1 / max(depth, 1))
+    if ratio < 1 / threshold or (ratio < 1 / MIN_FOLD and rate < 1 / per_layer):
+        return "vanishing"
+    if ratio > threshold or (ratio > MIN_FOLD and rate > per_layer):
+        return "exploding"
+    return "healthy"
+
+
+def _where(c: LayerCall) -> str:
+    return f"#{c.index} ({c.name or '(model)'}, {c.type})"
+
+
+def _diagnose(layers: list[LayerCall], threshold: float, per_layer: float,
+              ) -> tuple[str, str, int | None]:
+    """Diagnosis, reason and the worst call, from every layer call's per-unit ratio."""
     for c in layers:
         for label, value in (("gradient at the output", c.grad_output_norm),
                              ("parameter gradient", c.param_grad_norm)):
             if value is not None and not math.isfinite(value):
-                return "exploding", (f"the {label} of layer call #{c.index} "
-                                     f"({c.name or '(model)'}, {c.type}) is {value}")
+                return "exploding", f"the {label} of layer call {_where(c)} is {value}", c.index
     measured = [c for c in layers if c.grad_output_norm is not None]
     if len(measured) < 2:
-        return "healthy", "only one layer call received a gradient; nothing to compare"
-    first, last = measured[0], measured[-1]
-    where = (f"from the last layer call (#{last.index}, {last.type}) "
-             f"to the first (#{first.index}, {first.type})")
-    a, b = first.grad_output_norm, last.grad_output_norm
-    if b == 0 and a == 0:
-        return "vanishing", "the gradient is exactly zero at every layer call"
-    if a == 0:
-        return "vanishing", f"gradient norm falls to exactly zero {where}"
-    if b == 0:
-        return "exploding", f"gradient norm grows from exactly zero {where}"
-    fold = a / b
-    if fold < 1 / threshold:
-        return "vanishing", f"gradient norm falls {_fold(1 / fold)}-fold {where}"
-    if fold > threshold:
-        return "exploding", f"gradient norm grows {_fold(fold)}-fold {where}"
-    change = "falls" if fold < 1 else "grows"
-    return "healthy", (f"gradient norm {change} only {_fold(max(fold, 1 / fold))}-fold {where}, "
-                       f"within the threshold of {_fold(threshold)}")
+        return "healthy", "only one layer call received a gradient; nothing to compare", None
+    last, earlier = measured[-1], measured[:-1]
+    source = f"the last layer call (#{last.index}, {last.type})"
+    if last.grad_output_norm == 0:
+        if all(c.grad_output_norm == 0 for c in earlier):
+            return ("vanishing", "the gradient is exactly zero at every layer call",
+                    earlier[0].index)
+        grown = next(c for c in earlier if c.grad_output_norm)
+        return ("exploding", f"gradient norm grows from exactly zero at {source} to "
+                f"{grown.grad_output_norm:.2e} at {_where(grown)}", grown.index)
+    zeros = [c for c in earlier if c.grad_output_norm == 0]
+    if zeros:
+        more = f" (and at {len(zeros) - 1} other calls)" if len(zeros) > 1 else ""
+        return ("vanishing", f"gradient norm falls to exactly zero from {source} to "
+                f"{_where(zeros[-1])}{more}: no gradient reaches it", zeros[-1].index)
+    judged = [(c, _judge(c.per_unit_ratio, c.depth, threshold, per_layer))
+              for c in earlier if c.per_unit_ratio is not None]
+    if not judged:
+        return "healthy", "no layer call's gradient could be compared with the last one's", None
+    limits = f"thresholds {_fold(threshold)} in all or {per_layer:.3g} per layer"
+    bad = [(c, v) for c, v in judged if v != "healthy"]
+    pool = bad or judged
+    worst, verdict = max(pool, key=lambda cv: abs(math.log(cv[0].per_unit_ratio)))
+    ratio = worst.per_unit_ratio
+    fold = max(ratio, 1 / ratio)
+    change = "falls" if ratio < 1 else "grows"
+    layers_word = "layer" if max(worst.depth, 1) == 1 else "layers"
+    rate = fold ** (1 / max(worst.depth, 1))
+    detail = (f"gradient norm {change} {_fold(fold)}-fold per unit from {source} to "
+              f"{_where(worst)}, over {max(worst.depth, 1)} {layers_word}: "
+              f"{rate:.3g}-fold per layer")
+    if verdict != "healthy":
+        return verdict, f"{detail} ({limits})", worst.index
+    return "healthy", f"at worst, {detail}, within the {limits}", worst.index
+
+
+def _diagnose_steps(layers: list[LayerCall], threshold: float, per_layer: float,
+                    ) -> tuple[str, str] | None:
+    """The gradient at recurrent layers' inputs over time, last step back to the first."""
+    verdicts = []
+    for c in layers:
+        norms = c.step_grad_norms
+        if not norms or len(norms) < 2:
+            continue
+        if any(not math.isfinite(n) for n in norms):
+            verdicts.append(("exploding", f"the input gradient of {_where(c)} is not finite "
+                                          "at some time step", math.inf))
+            continue
+        ref_step = max((t for t, n in enumerate(norms) if n > 0), default=None)
+        if ref_step is None:
+            verdicts.append(("vanishing", f"the input gradient of {_where(c)} is exactly "
+                                          "zero at every time step", math.inf))
+            continue
+        ref = norms[ref_step]
+        zero = [t for t in range(ref_step) if norms[t] == 0]
+        if zero:
+            verdicts.append(("vanishing", f"the input gradient of {_where(c)} is exactly zero "
+                                          f"at step {zero[0]} (of {len(norms)} steps; "
+                                          f"{ref:.2e} at step {ref_step})", math.inf))
+            continue
+        worst_t = max(range(ref_step + 1), key=lambda t: abs(math.log(norms[t] / ref)))
+        ratio = norms[worst_t] / ref
+        steps = ref_step - worst_t
+        verdict = _judge(ratio, steps, threshold, per_layer) if steps else "healthy"
+        change = "falls" if ratio < 1 else "grows"
+        fold = max(ratio, 1 / ratio)
+        verdicts.append((verdict, f"the input gradient of {_where(c)} {change} "
+                                  f"{_fold(fold)}-fold from step {ref_step} to step {worst_t}"
+                                  f" ({fold ** (1 / max(steps, 1)):.3g}-fold per step)",
+                         abs(math.log(fold))))
+    if not verdicts:
+        return None
+    bad = [v for v in verdicts if v[0] != "healthy"] or verdicts
+    verdict, reason, _ = max(bad, key=lambda v: v[2])
+    return verdict, reason
+
+
+def _parameter_notes(functional: dict[int, list[nn.Module]], unused: list[nn.Module],
+                     no_gradient: tuple[str, ...], names: dict[int, list[str]],
+                     param_names: dict[int, str]) -> list[str]:
+    notes = []
+    if functional:
+        pairs = [(names.get(id(m), ["?"])[0], type(m).__name__) for ms in functional.values()
+                 for m in ms]
+        shown = ", ".join(f"{n} ({t})" for n, t in pairs[:4])
+        more = f" and {len(pairs) - 4} more" if len(pairs) > 4 else ""
+        notes.append(f"used functionally (no call of their own; their parameters are counted "
+                     f"in the row of the nearest ancestor that ran): {shown}{more}")
+    if unused:
+        shown = ", ".join(f"{names.get(id(m), ['?'])[0] or '(model)'} ({type(m).__name__})"
+                          for m in unused[:4])
+        more = f" and {len(unused) - 4} more" if len(unused) > 4 else ""
+        notes.append(f"modules with parameters that neither ran nor sit inside a module "
+                     f"that ran: {shown}{more}")
+    if no_gradient:
+        shown = ", ".join(no_gradient[:6]) + (f" and {len(no_gradient) - 6} more"
+                                              if len(no_gradient) > 6 else "")
+        notes.append(f"{len(no_gradient)} trainable parameter(s) received no gradient: {shown}")
+    return notes
 
 
 def _notes(layers: list[LayerCall]) -> list[str]:
