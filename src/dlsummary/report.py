@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import datetime
 import html
 import json
@@ -108,25 +109,186 @@ def default_jobs() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _kernel_spec_dir() -> tempfile.TemporaryDirectory:
+_KERNEL_ENV = {
+    # One thread: the experiments are small (threads would mostly wait on each other),
+    # parallel kernels do not fight over cores, and a fixed thread count gives the same
+    # floating-point sums on every machine.
+    "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+}
+_KERNEL_ARGS = ["--log-level=ERROR", "--HistoryManager.enabled=False"]
+# What every section imports first; a forked kernel starts with these already loaded.
+_PRELOAD = ("numpy", "torch", "torch.nn", "torch.nn.functional", "matplotlib",
+            "IPython", "ipykernel.kernelapp", "ipykernel.ipkernel", "matplotlib_inline",
+            "dlsummary", "dlsummary.utils", "dlsummary.evidence")
+
+# The kernel's launcher when kernels are forked: a tiny process that asks the fork server
+# for a kernel, forwards signals to it, and exits with its exit code (jupyter_client
+# watches and signals this process as it would a kernel).
+_LAUNCHER = """
+import json, os, signal, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+request = {"connection_file": sys.argv[2], "cwd": os.getcwd(), "env": dict(os.environ),
+           "launcher": os.getpid()}
+sock.sendall((json.dumps(request) + "\\n").encode())
+reply = sock.makefile("r")
+pid = int(reply.readline())
+def forward(signum, frame):
+    try:
+        os.kill(pid, signum)
+    except OSError:
+        pass
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+    signal.signal(s, forward)
+sys.exit(int(reply.readline() or 1))
+"""
+
+
+def _kernel_spec_dir(fork_address: str | None = None) -> tempfile.TemporaryDirectory:
     """A kernelspec for *this* interpreter, so the fresh kernel sees the same packages
-    whatever kernels the user has installed elsewhere."""
+    whatever kernels the user has installed elsewhere; with ``fork_address``, its kernels
+    are forked from the fork server listening there."""
     tmp = tempfile.TemporaryDirectory(prefix="dlsummary-kernel-")
     spec_dir = Path(tmp.name) / "kernels" / KERNEL_NAME
     spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--log-level=ERROR", "--HistoryManager.enabled=False"],
-        "display_name": "dlsummary (Python)",
-        "language": "python",
-        # One thread: the experiments are small (threads would mostly wait on each other),
-        # parallel kernels do not fight over cores, and a fixed thread count gives the same
-        # floating-point sums on every machine.
-        "env": {"PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                "MPLBACKEND": "module://matplotlib_inline.backend_inline"},
-    }
+    if fork_address:
+        argv = [sys.executable, "-c", _LAUNCHER, fork_address, "{connection_file}"]
+    else:
+        argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                *_KERNEL_ARGS]
+    spec = {"argv": argv, "display_name": "dlsummary (Python)", "language": "python",
+            "env": dict(_KERNEL_ENV)}
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     return tmp
+
+
+def fork_server_main(address: str) -> None:
+    """Import what every section imports, then fork one fresh kernel per request on the
+    Unix socket ``address``, until SIGTERM. Each child is a new process whose only
+    history is those imports (no user code ran), so a section's outputs are those of a
+    cold kernel; what it saves is the 2 to 3 s of CPU each cold kernel spends importing
+    torch, IPython and matplotlib."""
+    import importlib
+    import select
+    import signal
+    import socket
+
+    for name in _PRELOAD:
+        importlib.import_module(name)
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(address)
+    server.listen(64)
+    clients: dict[socket.socket, int] = {}
+    orphaned: set[socket.socket] = set()
+    state = {"running": True}
+    signal.signal(signal.SIGTERM, lambda *_: state.update(running=False))
+    while state["running"]:
+        watched = [server, *(c for c in clients if c not in orphaned)]
+        try:
+            readable, _, _ = select.select(watched, [], [], 0.05)
+        except InterruptedError:
+            continue
+        for ready in readable:
+            if ready is server:
+                conn, _ = server.accept()
+                request = json.loads(conn.makefile("r").readline())
+                pid = os.fork()
+                if pid == 0:
+                    _become_kernel(request, [server, conn, *clients])
+                conn.sendall(f"{pid}\n".encode())
+                clients[conn] = pid
+            elif not ready.recv(64):  # the launcher is gone (killed): so is its kernel
+                orphaned.add(ready)
+                with contextlib.suppress(OSError):
+                    os.kill(clients[ready], signal.SIGKILL)
+        for conn, pid in list(clients.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                with contextlib.suppress(OSError):
+                    conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+                conn.close()
+                clients.pop(conn)
+                orphaned.discard(conn)
+    for conn, pid in clients.items():
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        conn.close()
+    server.close()
+    os._exit(0)  # no interpreter teardown of torch & co.: nothing is left to flush
+
+
+def _become_kernel(request: dict, inherited: list) -> None:
+    """In the forked child: drop the server's sockets, take the launcher's working
+    folder and environment (as a cold kernel would have them) and run an IPython kernel."""
+    import signal
+    import traceback
+
+    for sock in inherited:
+        sock.close()
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    code = 1
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+
+        # the kernel watches its launcher (and ends with it), as a cold kernel its client
+        IPKernelApp.launch_instance(argv=[
+            "-f", request["connection_file"], *_KERNEL_ARGS,
+            f"--IPKernelApp.parent_handle={request['launcher']}"])
+        code = 0
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+@contextlib.contextmanager
+def _kernels(fork: bool):
+    """The kernelspec directory to put on JUPYTER_PATH, with a fork server behind it
+    when ``fork`` (Linux)."""
+    import subprocess
+
+    if not fork:
+        with _kernel_spec_dir() as spec_root:
+            yield spec_root
+        return
+    with tempfile.TemporaryDirectory(prefix="dlsummary-fork-") as sock_dir:
+        address = str(Path(sock_dir) / "kernels.sock")
+        env = {**os.environ, **_KERNEL_ENV}
+        server = subprocess.Popen(
+            [sys.executable, "-c",
+             f"from dlsummary.report import fork_server_main; fork_server_main({address!r})"],
+            env=env, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not os.path.exists(address):
+                if server.poll() is not None:
+                    raise DLSummaryError("the kernel fork server did not start (exit code "
+                                         f"{server.returncode}); set DLSUMMARY_FORK=0")
+                if time.monotonic() > deadline:
+                    raise DLSummaryError("the kernel fork server did not start in 120 s")
+                time.sleep(0.02)
+            with _kernel_spec_dir(address) as spec_root:
+                yield spec_root
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def fork_available() -> bool:
+    """Kernels are forked from a preloaded server on Linux unless ``DLSUMMARY_FORK=0``."""
+    return sys.platform == "linux" and os.environ.get("DLSUMMARY_FORK", "1") != "0"
 
 
 @dataclass
@@ -209,16 +371,23 @@ def execute_sections(
     cwd: Path | None = None,
     progress: Callable[[str], None] | None = None,
     estimates: dict[str, float] | None = None,
+    fork: bool | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Execute every part that has code, each in its own fresh kernel, at most ``jobs`` at
     a time; the notebooks are executed in place. Returns seconds per section and per
-    question. Raises :class:`ReportCellError` naming the question whose cell failed."""
+    question. ``fork`` (default on Linux) forks the kernels from a server that has the
+    common imports loaded. Raises :class:`ReportCellError` naming the question whose cell
+    failed."""
     n_jobs = max(1, jobs or default_jobs())
     estimates = estimates or {}
     work = [_Job(section, nb, estimates.get(section.name, section.path.stat().st_size / 1e4))
             for section, nb in parts if any(c.cell_type == "code" for c in nb.cells)]
     cwd = cwd or (parts[0][0].path.parent.resolve() if parts else Path.cwd())
-    with _kernel_spec_dir() as spec_root:
+    if not work:
+        return {}, {}
+    if fork is None:  # the server's one start-up pays off once kernels are started in turn
+        fork = fork_available() and len(work) > n_jobs
+    with _kernels(fork) as spec_root:
         # the fresh kernels' spec is found through JUPYTER_PATH, for this call only
         saved = os.environ.get("JUPYTER_PATH")
         os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [spec_root, saved]))
@@ -547,16 +716,17 @@ def render_report(
     progress: Callable[[str], None] | None = None,
     jobs: int | None = None,
     only: str | list[str] | None = None,
+    fork: bool | None = None,
 ) -> Report:
     """Execute the answer key (a folder of section sources, or one source file) and write
     ``summary_questions.ipynb`` (executed, stitched in section order),
     ``summary_questions.html`` (self-contained) and ``checks.json`` into ``output_dir``.
 
     ``jobs`` kernels run at once (default: one per core); ``only`` ("cnn,dropout") runs a
-    subset, and the page says so. On a failing cell, raises :class:`ReportCellError`
-    naming the question; the earlier report in ``output_dir`` is removed (a stale page
-    cannot pass for a good one) and the partly executed notebook is kept as
-    ``summary_questions.failed.ipynb``.
+    subset, and the page says so; ``fork`` as in :func:`execute_sections`. On a failing
+    cell, raises :class:`ReportCellError` naming the question; the earlier report in
+    ``output_dir`` is removed (a stale page cannot pass for a good one) and the partly
+    executed notebook is kept as ``summary_questions.failed.ipynb``.
     """
     key = find_key(notebook)
     sections = select_sections(find_sections(key), only)
@@ -577,7 +747,7 @@ def render_report(
     try:
         section_seconds, question_seconds = execute_sections(
             parts, jobs=n_jobs, cwd=(key if key.is_dir() else key.parent).resolve(),
-            progress=progress, estimates=_read_estimates(timings_path))
+            progress=progress, estimates=_read_estimates(timings_path), fork=fork)
     except ReportCellError:
         _atomic_write(failed_path, nbformat.writes(stitch(parts)))
         raise
