@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import nbformat
 import pytest
@@ -155,3 +156,78 @@ def test_html_refuses_external_resources(tmp_path):
     nb.cells.append(nbformat.v4.new_markdown_cell('<img src="https://example.org/x.png">'))
     with pytest.raises(DLSummaryError, match="external"):
         notebook_to_html(nb)
+
+
+SECTION = textwrap.dedent('''\
+    # %% [markdown]
+    # ## Section {n}
+
+    # %%
+    import random
+    import time
+
+    from dlsummary.evidence import check
+    random.seed({n})
+    time.sleep({sleep})
+
+    # %% [markdown]
+    # ### part{letter}.1 \u00b7 topic {n}
+    # Question {n}?
+
+    # %% [markdown]
+    # **Answer:** Yes.
+
+    # %%
+    draws = [random.random() for _ in range(3)]
+    print("draws", draws)
+    check("part{letter}.1", "the draws are in [0, 1)", max(draws), "<", {limit})
+    ''')
+
+
+def write_key(folder, limits=(1, 1, 1), sleeps=(0, 0, 0)):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "00_introduction.py").write_text("# %% [markdown]\n# # A key\n")
+    for n, (limit, sleep) in enumerate(zip(limits, sleeps, strict=True), start=1):
+        (folder / f"{n:02d}_part{n}.py").write_text(
+            SECTION.format(n=n, letter="abc"[n - 1], limit=limit, sleep=sleep))
+    return folder
+
+
+@pytest.mark.slow
+def test_sections_give_the_same_outputs_with_any_number_of_jobs(tmp_path):
+    key = write_key(tmp_path / "key")
+    one = render_report(key, tmp_path / "one", jobs=1)
+    two = render_report(key, tmp_path / "two", jobs=2)  # 3 sections > 2 jobs: forked kernels
+    a = nbformat.read(one.notebook, as_version=4)
+    b = nbformat.read(two.notebook, as_version=4)
+    assert [(c.source, c.get("outputs")) for c in a.cells] == \
+        [(c.source, c.get("outputs")) for c in b.cells]
+    assert [q.qid for q in questions(a)] == ["parta.1", "partb.1", "partc.1"], "out of order"
+    assert json.loads(one.checks.read_text()) == json.loads(two.checks.read_text())
+    assert len(json.loads(one.checks.read_text())) == 3
+
+
+@pytest.mark.slow
+def test_a_failing_section_names_its_question_and_stops_the_others(tmp_path):
+    key = write_key(tmp_path / "key", limits=(1, 0, 1), sleeps=(20, 0, 20))
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("summary_questions.html", "summary_questions.ipynb", "checks.json"):
+        (out / name).write_text("an old, good-looking report")
+    start = time.perf_counter()
+    with pytest.raises(ReportCellError) as info:
+        render_report(key, out, jobs=3)
+    assert info.value.qid == "partb.1" and "02_part2.py" in str(info.value)
+    assert time.perf_counter() - start < 20, "the other sections were not stopped"
+    assert not any((out / n).exists() for n in ("summary_questions.html",
+                                                "summary_questions.ipynb", "checks.json"))
+    assert (out / "summary_questions.failed.ipynb").is_file()
+
+
+def test_only_names_an_unknown_section_in_one_line(tmp_path):
+    key = write_key(tmp_path / "key")
+    proc = subprocess.run(
+        [sys.executable, "-m", "dlsummary", "report", "--notebook", str(key), "--only", "nope",
+         "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "'nope'" in proc.stderr and "part1" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -177,8 +177,9 @@ def fork_server_main(address: str) -> None:
     for name in _PRELOAD:
         importlib.import_module(name)
     server = socket.socket(socket.AF_UNIX)
-    server.bind(address)
+    server.bind(address + ".tmp")
     server.listen(64)
+    os.rename(address + ".tmp", address)  # appears only once it accepts connections
     clients: dict[socket.socket, int] = {}
     orphaned: set[socket.socket] = set()
     state = {"running": True}
