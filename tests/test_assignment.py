@@ -11,6 +11,7 @@ from dlsummary.assignment import (
     cnn_receptive_fields,
     draw_variant,
     key_questions,
+    pirate_gradient_ratio,
     variant_key,
 )
 from dlsummary.errors import DLSummaryError
@@ -75,6 +76,9 @@ def test_the_variant_key_is_derived_and_confirmed_by_measurement():
     assert abs(key.measured_drop_probability - q) < 5 * se
     # control: the tempting wrong answer p1 + p2 is told apart by the same measurement
     assert abs(key.measured_drop_probability - (key.variant.p1 + key.variant.p2)) > 20 * se
+    assert key.pirate_gradient_ratio < 1e-3  # losses.2: vanishing, at this variant's depth
+    # each repeated Linear+Sigmoid layer divides it by about 7 (sigmoid' <= 1/4, small weights)
+    assert pirate_gradient_ratio(2) < 0.2 * pirate_gradient_ratio(1)
     original = variant_key(ORIGINAL)
     assert (original.receptive_field, original.drop_probability) == (112, pytest.approx(0.28))
 

@@ -126,12 +126,14 @@ class VariantKey:
     measured_receptive_field: int  # ... and of the measured gradient footprint
     drop_probability: float  # dropout.1: q = 1 - (1 - p1)(1 - p2)
     measured_drop_probability: float  # ... and its Monte-Carlo estimate
+    pirate_gradient_ratio: float  # losses.2: rms gradient of the first layer / the last's
 
     def to_dict(self) -> dict:
         return {"variant": self.variant.number, "cnn.3": self.receptive_field,
                 "cnn.3 measured": self.measured_receptive_field,
                 "dropout.1": self.drop_probability,
                 "dropout.1 measured": self.measured_drop_probability,
+                "losses.2 gradient ratio": self.pirate_gradient_ratio,
                 "p1": self.variant.p1, "p2": self.variant.p2,
                 "pirate_depth": self.variant.pirate_depth}
 
@@ -148,6 +150,21 @@ def cnn_receptive_fields(variant: Variant) -> tuple[int, int]:
     return analytic.size[0], measured.size[0]
 
 
+def pirate_gradient_ratio(depth: int, seed: int = 0) -> float:
+    """losses.2 for a pirate MLP with ``depth`` repeated Linear+Sigmoid layers, at PyTorch's
+    default initialisation: the root-mean-square gradient of the first Linear's weight over
+    that of the last (per element, so that the layers' sizes do not enter)."""
+    torch.manual_seed(seed)
+    hidden = 128
+    model = nn.Sequential(nn.Linear(42, hidden), nn.Sigmoid(),
+                          *[nn.Linear(hidden, hidden), nn.Sigmoid()] * depth,
+                          nn.Linear(hidden, 1)).double()  # float32 underflows at depth 24
+    x, target = torch.rand(256, 42, dtype=torch.float64), torch.rand(256, 1, dtype=torch.float64)
+    first, last = model[0].weight, model[-1].weight
+    g_first, g_last = torch.autograd.grad(((model(x) - target) ** 2).mean(), (first, last))
+    return (g_first.pow(2).mean().sqrt() / g_last.pow(2).mean().sqrt()).item()
+
+
 def variant_key(variant: Variant, samples: int = 400_000) -> VariantKey:
     """Derive the variant's numeric answers and confirm each by measurement; refuse a
     variant whose derivation and measurement disagree."""
@@ -162,7 +179,11 @@ def variant_key(variant: Variant, samples: int = 400_000) -> VariantKey:
         raise DLSummaryError(
             f"variant {variant.number}: the derived key disagrees with its measurement "
             f"(receptive field {rf} vs footprint {measured_rf}; q {q:.4f} vs {measured_q:.4f})")
-    return VariantKey(variant, rf, measured_rf, q, measured_q)
+    ratio = pirate_gradient_ratio(variant.pirate_depth)
+    if not ratio < 1e-3:
+        raise DLSummaryError(f"variant {variant.number}: its pirate MLP (depth "
+                             f"{variant.pirate_depth}) shows no vanishing gradient ({ratio:.1e})")
+    return VariantKey(variant, rf, measured_rf, q, measured_q, ratio)
 
 
 # --------------------------------------------------------------------------- the key's cells

@@ -414,5 +414,9 @@ def grade_submission(path: str | Path, variant: int | None | str = "auto",
                 grades.append(ItemGrade(item, True, 1.0 if given == verdict else 0.0, 1.0,
                                         f"answered {stated}, expected {expected}", ours))
         else:
+            if item == "losses.2":  # the variant's own depth, measured
+                ours = (f"{ours.strip()}\n\n(This variant: {chosen.pirate_depth} repeated "
+                        f"Linear+Sigmoid layers; at initialisation the first layer's gradient "
+                        f"is {key.pirate_gradient_ratio:.0e} times the last's, per element.)")
             grades.append(ItemGrade(item, False, None, 1.0, "free text", ours.strip()))
     return Grade(str(path), chosen.number, tuple(grades))
