@@ -432,9 +432,10 @@ regimes = {  # name: (training options, is the state carried when the model is r
     "chop only, run with carried state": (None, True),
     "carried through shuffled segments": ({"shuffle": True}, True),
 }
-latch_accuracy = {}
+latch_accuracy, model = {}, None
 for name, (options, carry) in regimes.items():
-    model = train_recaller(latch, 4, **options) if options is not None else model
+    if options is not None:  # None: the previous regime's model, run another way
+        model = train_recaller(latch, 4, **options)
     # (with the state carried, running in segments of 4 or all at once is the same computation)
     logits = run_in_segments(model, x_latch, 4 if not carry else x_latch.shape[1], carry_state=carry)
     latch_accuracy[name] = {b: accuracy(logits, y_latch, (age >= lo) & (age < hi)) for b, (lo, hi) in age_bins.items()}
