@@ -19,6 +19,16 @@ MODELS = textwrap.dedent("""
         return nn.Sequential(nn.Linear(8, 16), A(), *[nn.Linear(16, 16), A()] * depth,
                              nn.Linear(16, 1))
 
+    def rnn():
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn, self.head = nn.RNN(3, 8, batch_first=True), nn.Linear(8, 1)
+
+            def forward(self, x):
+                return self.head(self.rnn(x)[0][:, -1])
+        return Net()
+
     def paramless():
         return nn.Sequential(nn.ReLU())
 
@@ -76,10 +86,24 @@ def test_json_and_plot(models, tmp_path):
     assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_threshold_changes_the_exit_code(models):
-    done = gradflow(f"{models}:deep", "--kwargs", '{"depth": 2}', "--input-size", "16,8",
-                    "--threshold", "1e30")
+def test_thresholds_change_the_exit_code(models):
+    base = (f"{models}:deep", "--kwargs", '{"depth": 2}', "--input-size", "16,8")
+    assert gradflow(*base).returncode == 1  # control: a 4-layer sigmoid stack vanishes
+    assert gradflow(*base, "--threshold", "1e30").returncode == 1  # per layer, still
+    done = gradflow(*base, "--threshold", "1e30", "--per-layer", "1e30")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_per_step_judges_a_recurrent_net_over_time(models):
+    done = gradflow(f"{models}:rnn", "--input-size", "4,60,3", "--json")
+    assert done.returncode == 0, done.stderr  # the layer view: two calls, no fall
+    plain = json.loads(done.stdout)
+    assert plain["layers"][0]["step_grad_norms"] is None
+    done = gradflow(f"{models}:rnn", "--input-size", "4,60,3", "--json", "--per-step")
+    assert done.returncode == 1, done.stderr
+    data = json.loads(done.stdout)
+    assert data["diagnosis"] == "vanishing" and "from step 59 to step 0" in data["reason"]
+    assert len(data["layers"][0]["step_grad_norms"]) == 60
 
 
 @pytest.mark.parametrize("args, message", [
@@ -94,6 +118,7 @@ def test_threshold_changes_the_exit_code(models):
     (["{m}:deep", "--input-size", "16,8", "--kwargs", "{depth: 2}"], "is not valid JSON"),
     (["{m}:deep", "--input-size", "16,8", "--plot", "flow.txt"], "ending in .png, .pdf or .svg"),
     (["{m}:deep", "--input-size", "16,8", "--threshold", "0.5"], "finite number > 1"),
+    (["{m}:deep", "--input-size", "16,8", "--per-layer", "1"], "per_layer=1.0"),
     (["{m}:deep", "--input-size", "16,8", "--plot", "/no/such/dir/flow.png"], "cannot write"),
 ])
 def test_bad_input_is_one_line_exit_2(models, args, message):

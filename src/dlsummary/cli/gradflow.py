@@ -21,6 +21,7 @@ EXAMPLE = """example:
       --input-size 4,8
   dlsummary gradflow path/to/net.py:build --input-size 256,42 --json
   dlsummary gradflow net.py:build --input-size 64,3,32,32 --train --plot gradflow.png
+  dlsummary gradflow rnn.py:build --input-size 8,100,16 --per-step
 
 exit status: 0 healthy, 1 vanishing or exploding, 2 bad input.
 """
@@ -40,8 +41,14 @@ def add_parser(subparsers, parents) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random batch (default 0)")
     p.add_argument("--threshold", type=float, default=1e3,
-                   help="fold change of the gradient norm, last layer to first, above which "
-                        "the flow is vanishing or exploding (default 1000)")
+                   help="per-unit fold change of the gradient between any layer call and the "
+                        "last above which the flow is vanishing or exploding (default 1000)")
+    p.add_argument("--per-layer", type=float, default=1.5,
+                   help="average fold change per layer of depth above which a change of at "
+                        "least 10-fold is vanishing or exploding (default 1.5)")
+    p.add_argument("--per-step", action="store_true",
+                   help="recurrent layers (RNN, LSTM, GRU): also record and judge the gradient "
+                        "reaching the input at each time step")
     p.add_argument("--train", action="store_true",
                    help="run the model in training mode (dropout, batch statistics); "
                         "default: eval mode")
@@ -69,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     x = torch.randn(size, generator=generator).to(device=device, dtype=dtype)
     try:
-        flow_cm = gradient_flow(model, threshold=args.threshold)
+        flow_cm = gradient_flow(model, threshold=args.threshold, per_layer=args.per_layer,
+                                per_step=args.per_step)
         with flow_cm as flow:
             try:
                 out = model(x)
