@@ -581,8 +581,14 @@ class _Tracer(fx.Tracer):
             return self.x
         if kind == "get_attr":
             obj: Any = self.root
-            for part in str(target).split("."):
-                obj = getattr(obj, part)
+            for part in str(target).split("."):  # not getattr: fx patches it on modules
+                if isinstance(obj, nn.Module):
+                    for table in (obj._parameters, obj._buffers, obj._modules, obj.__dict__):
+                        if part in table:
+                            obj = table[part]
+                            break
+                else:
+                    obj = getattr(obj, part)
             return _to_meta(obj)
         try:
             if kind == "call_module":
