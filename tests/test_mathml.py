@@ -76,3 +76,16 @@ def test_arg_min_renders_as_an_operator():
 def test_unsupported_command_is_an_error_not_raw_text(monkeypatch):
     with pytest.raises(DLSummaryError, match=r"\\hline"):
         tex_to_mathml(r"a \hline b")
+
+
+def test_unicode_for_the_terminal_expands_macros_and_symbols():
+    from dlsummary.mathml import tex_to_unicode
+
+    macros = parse_macros(PREAMBLE)
+    assert tex_to_unicode(r"\E{c\,m\,a} = c(1-p)\,a", macros) == "𝔼[c m a] = c(1-p) a"
+    assert tex_to_unicode(r"q = 1-(1-p_1)(1-p_2)") == "q = 1-(1-p₁)(1-p₂)"
+    assert tex_to_unicode(r"\mat{W}^\top \norm{x}_2^2", macros) == "Wᵀ ‖x‖₂²"
+    assert tex_to_unicode(r"\frac{1}{1-p}") == "1/(1-p)"
+    assert tex_to_unicode(r"10^{21} \le \alpha_{k+1}") == "10²¹ ≤ α_(k+1)" or \
+        tex_to_unicode(r"10^{21} \le \alpha_{k+1}") == "10²¹ ≤ αₖ₊₁"
+    assert "\\" not in tex_to_unicode(r"\DKL{q}{p} \grad f", macros)

@@ -156,3 +156,28 @@ def test_true_false_summary_shows_each_statement_with_its_verdict():
     summary = summarise_answer("**Answer:**\n\n**A. False.** No.\n\n**B. True.** Yes.", question)
     assert summary.startswith("A. In a model using exclusively ReLU activations")
     assert "... **False**. B. Short. **True**." in summary
+
+
+def test_answer_suggests_the_id_meant_and_fits_the_terminal():
+    import subprocess
+    import sys
+
+    from dlsummary.cli.answer import suggest_ids
+
+    known = ["cnn.1", "cnn.3", "losses.4", "opt.4"]
+    assert suggest_ids("CNN.3", known) == ["cnn.3"]
+    assert suggest_ids("cnn3", known) == ["cnn.3"]
+    assert suggest_ids("loses.4", known) == ["losses.4"]
+    env = {"COLUMNS": "60", "PATH": "/usr/bin:/bin"}
+    listing = subprocess.run([sys.executable, "-m", "dlsummary", "answer", "--list"],
+                             capture_output=True, text=True, env=env, cwd=KEY.parent)
+    assert listing.returncode == 0 and len(listing.stdout.splitlines()) >= 27
+    assert max(len(line) for line in listing.stdout.splitlines()) <= 60
+    wrong = subprocess.run([sys.executable, "-m", "dlsummary", "answer", "cnn.42"],
+                           capture_output=True, text=True, env=env, cwd=KEY.parent)
+    assert wrong.returncode == 2 and "did you mean" in wrong.stderr
+    upper = subprocess.run([sys.executable, "-m", "dlsummary", "answer", "DROPOUT.3",
+                            "--no-evidence"], capture_output=True, text=True, env=env,
+                           cwd=KEY.parent)
+    assert upper.returncode == 0 and upper.stdout.startswith("dropout.3")
+    assert "\\E{" not in upper.stdout and "𝔼" in upper.stdout

@@ -190,3 +190,146 @@ def replace_math(markdown: str, render: Callable[[str, bool], str]) -> str:
         text = _INLINE.sub(lambda m: render(m.group(1), False), text)
         pieces[i] = text
     return "".join(pieces)
+
+
+# --------------------------------------------------------------------------- terminal
+
+_UNICODE_SYMBOLS = {
+    "alpha": "α", "beta": "β", "gamma": "γ", "delta": "δ", "epsilon": "ε", "varepsilon": "ε",
+    "zeta": "ζ", "eta": "η", "theta": "θ", "vartheta": "ϑ", "iota": "ι", "kappa": "κ",
+    "lambda": "λ", "mu": "μ", "nu": "ν", "xi": "ξ", "pi": "π", "rho": "ρ", "sigma": "σ",
+    "tau": "τ", "upsilon": "υ", "phi": "ϕ", "varphi": "φ", "chi": "χ", "psi": "ψ",
+    "omega": "ω", "Gamma": "Γ", "Delta": "Δ", "Theta": "Θ", "Lambda": "Λ", "Xi": "Ξ",
+    "Pi": "Π", "Sigma": "Σ", "Phi": "Φ", "Psi": "Ψ", "Omega": "Ω",
+    "cdot": "·", "times": "×", "div": "÷", "pm": "±", "mp": "∓", "le": "≤", "leq": "≤",
+    "ge": "≥", "geq": "≥", "ne": "≠", "neq": "≠", "approx": "≈", "sim": "∼", "simeq": "≃",
+    "equiv": "≡", "propto": "∝", "ll": "≪", "gg": "≫", "to": "→", "rightarrow": "→",
+    "leftarrow": "←", "Rightarrow": "⇒", "Longrightarrow": "⟹", "iff": "⇔",
+    "Leftrightarrow": "⇔", "mapsto": "↦", "infty": "∞", "sum": "Σ", "prod": "Π",
+    "int": "∫", "partial": "∂", "nabla": "∇", "in": "∈", "notin": "∉", "subset": "⊂",
+    "subseteq": "⊆", "cup": "∪", "cap": "∩", "emptyset": "∅", "forall": "∀",
+    "exists": "∃", "odot": "⊙", "otimes": "⊗", "oplus": "⊕", "circ": "∘", "ast": "∗",
+    "star": "⋆", "dots": "…", "ldots": "…", "cdots": "⋯", "vdots": "⋮", "ddots": "⋱",
+    "top": "ᵀ", "intercal": "ᵀ", "prime": "′", "lVert": "‖", "rVert": "‖", "Vert": "‖",
+    "|": "‖", "lvert": "|", "rvert": "|", "vert": "|", "mid": "|", "langle": "⟨",
+    "rangle": "⟩", "lfloor": "⌊", "rfloor": "⌋", "lceil": "⌈", "rceil": "⌉",
+    "log": "log", "exp": "exp", "ln": "ln", "max": "max", "min": "min", "sin": "sin",
+    "cos": "cos", "tanh": "tanh", "arg": "arg", "lim": "lim", "det": "det", "Pr": "Pr",
+    "ell": "ℓ", "hbar": "ℏ", "neg": "¬", "land": "∧", "lor": "∨", "perp": "⊥",
+    "{": "{", "}": "}", "%": "%", "$": "$", "&": "&", "#": "#", "_": "_",
+    ",": " ", ";": " ", ":": " ", "!": "", " ": " ", "quad": "  ", "qquad": "    ",
+}
+_BLACKBOARD = {"E": "𝔼", "R": "ℝ", "N": "ℕ", "Z": "ℤ", "P": "ℙ", "Q": "ℚ", "C": "ℂ"}
+_SUPERSCRIPTS = str.maketrans("0123456789+-=()nijkTtx", "⁰¹²³⁴⁵⁶⁷⁸⁹⁺⁻⁼⁽⁾ⁿⁱʲᵏᵀᵗˣ")
+_SUBSCRIPTS = str.maketrans("0123456789+-=()aeijklmnoprstuvx", "₀₁₂₃₄₅₆₇₈₉₊₋₌₍₎ₐₑᵢⱼₖₗₘₙₒₚᵣₛₜᵤᵥₓ")
+_STYLE_COMMANDS = ("boldsymbol", "mathbf", "mathrm", "mathit", "mathsf", "mathtt", "text",
+                   "textrm", "textbf", "textit", "operatorname", "bm", "mathcal", "hat",
+                   "tilde", "bar", "overline", "widehat", "widetilde", "mathop", "mbox",
+                   "displaystyle", "vec")
+_DROP = ("left", "right", "big", "Big", "bigg", "Bigg", "bigl", "bigr", "Bigl", "Bigr",
+         "middle", "limits", "nolimits", "displaystyle", "textstyle")
+
+
+def _script(text: str, table: dict, mark: str) -> str:
+    """A super- or subscript in Unicode where every character has one, else ``^(..)``."""
+    plain = text.strip()
+    if not plain:
+        return ""
+    converted = plain.translate(table)
+    if all(c != o or c in " " for c, o in zip(converted, plain, strict=True)) and plain:
+        return converted
+    return f"{mark}{plain}" if len(plain) == 1 else f"{mark}({plain})"
+
+
+def tex_to_unicode(tex: str, macros: dict[str, Macro] | None = None) -> str:
+    """TeX as readable Unicode text for a terminal: the macros expanded, Greek letters and
+    operators as symbols, ``\\frac{a}{b}`` as ``(a)/(b)``, simple scripts as ``x²``,
+    ``x₁``. An approximation for reading, not a typesetter."""
+    tex = expand_macros(tex, macros or {})
+
+    def convert(text: str) -> str:
+        out: list[str] = []
+        i = 0
+        while i < len(text):
+            char = text[i]
+            if char == "\\":
+                match = re.match(r"\\([A-Za-z]+|.)", text[i:])
+                name = match.group(1) if match else ""
+                i += len(match.group(0)) if match else 1
+                if name in _DROP:
+                    continue
+                if name in ("frac", "dfrac", "tfrac"):
+                    num, i = _take_group(text, i)
+                    den, i = _take_group(text, i)
+                    num, den = convert(num), convert(den)
+                    wrap = (lambda s: s if re.fullmatch(r"[\w.′ᵀ²³⁻¹]+", s) else f"({s})")
+                    out.append(f"{wrap(num)}/{wrap(den)}")
+                elif name == "sqrt":
+                    arg, i = _take_group(text, i)
+                    out.append(f"√({convert(arg)})")
+                elif name in ("mathbb",):
+                    arg, i = _take_group(text, i)
+                    out.append("".join(_BLACKBOARD.get(c, c) for c in convert(arg)))
+                elif name in _STYLE_COMMANDS:
+                    if name in ("displaystyle",):
+                        continue
+                    arg, i = _take_group(text, i)
+                    out.append(convert(arg) + ("\u0302" if name in ("hat", "widehat") else
+                                               "\u0303" if name in ("tilde", "widetilde")
+                                               else "\u0304" if name in ("bar", "overline")
+                                               else ""))
+                elif name in _UNICODE_SYMBOLS:
+                    symbol = _UNICODE_SYMBOLS[name]
+                    out.append(f"{symbol} " if name.isalpha() and len(symbol) > 1 else symbol)
+                elif name in ("begin", "end"):
+                    _, i = _take_group(text, i)
+                else:
+                    # a macro's argument glued to a command (\lVertx): split the known
+                    # command off, else keep the name
+                    known = next((name[:k] for k in range(len(name) - 1, 1, -1)
+                                  if name[:k] in _UNICODE_SYMBOLS), None)
+                    if known:
+                        i -= len(name) - len(known)
+                        out.append(_UNICODE_SYMBOLS[known])
+                    else:
+                        out.append(name)
+            elif char in "^_":
+                arg, i = _take_group(text, i + 1)
+                converted = convert(arg)
+                if char == "^":
+                    out.append(converted if converted in ("ᵀ", "′") else
+                               _script(converted, _SUPERSCRIPTS, "^"))
+                else:
+                    out.append(_script(converted, _SUBSCRIPTS, "_"))
+            elif char in "{}&":
+                i += 1
+            elif char == "~":
+                out.append(" ")
+                i += 1
+            else:
+                out.append(char)
+                i += 1
+        return "".join(out)
+
+    text = convert(tex.replace("\\\\", "; "))
+    return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def _take_group(text: str, i: int) -> tuple[str, int]:
+    """The next argument at ``i``: a braced group, a command or one character."""
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return "", i
+    if text[i] == "{":
+        inner, end = _braced(text, i)
+        return inner, end
+    if text[i] == "\\":
+        match = re.match(r"\\([A-Za-z]+|.)", text[i:])
+        return match.group(0), i + len(match.group(0))
+    return text[i], i + 1
+
+
+def markdown_math_to_unicode(markdown: str, macros: dict[str, Macro] | None = None) -> str:
+    """Markdown with its ``$...$`` and ``$$...$$`` formulas as Unicode text."""
+    return replace_math(markdown, lambda tex, display: tex_to_unicode(tex, macros))

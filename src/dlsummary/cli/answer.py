@@ -28,7 +28,7 @@ def add_parser(subparsers, parents) -> None:
     p.add_argument("qid", nargs="?", metavar="ID", help="question id, e.g. cnn.3")
     p.add_argument("--list", action="store_true", help="list every id with its one-line answer")
     p.add_argument("--notebook", default=None, metavar="PATH",
-                   help="the answer key's source (default: notebooks/summary_questions.py)")
+                   help="the answer key's folder or one source (default: notebooks/)")
     p.add_argument("--report", default=None, metavar="IPYNB",
                    help="an executed notebook for the evidence's output "
                         "(default: build/summary_questions.ipynb if it exists)")
@@ -47,12 +47,15 @@ def _style(use_color: bool):
     return bold, dim
 
 
-def render_markdown(text: str, use_color: bool = False) -> str:
+def render_markdown(text: str, use_color: bool = False, macros: dict | None = None) -> str:
     """Markdown for a terminal: bold kept as bold, headings underlined, code fences
-    indented, TeX left readable."""
+    indented, formulas as Unicode (the preamble's macros expanded)."""
+    from dlsummary.mathml import markdown_math_to_unicode
+
     bold, dim = _style(use_color)
     out: list[str] = []
     in_code = False
+    text = markdown_math_to_unicode(text, macros)
     for line in text.splitlines():
         if line.strip().startswith("```"):
             in_code = not in_code
@@ -71,29 +74,69 @@ def render_markdown(text: str, use_color: bool = False) -> str:
     return "\n".join(out).strip()
 
 
-def run(args: argparse.Namespace) -> int:
-    from dlsummary.notebook import cell_text_output, find_notebook, questions, read_notebook
+def suggest_ids(wanted: str, known: list[str]) -> list[str]:
+    """The ids the user probably meant: ``CNN.3`` and ``cnn3`` mean ``cnn.3``; else the
+    closest spellings."""
+    import difflib
 
-    source = find_notebook(args.notebook)
-    found = questions(read_notebook(source))
+    canonical = re.sub(r"^([a-z]+)\.?(\d+)", r"\1.\2", wanted.strip().lower().replace(" ", ""))
+    canonical = re.sub(r"\.([a-z])$", lambda m: "." + m.group(1).upper(), canonical)
+    base = ".".join(canonical.split(".")[:2])
+    if base in known:
+        return [base]
+    close = difflib.get_close_matches(base, known, n=3, cutoff=0.6)
+    return close or [q for q in known if q.startswith(base.split(".")[0] + ".")]
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)].rstrip() + "\u2026"
+
+
+def _plain_summary(summary: str, macros: dict) -> str:
+    from dlsummary.mathml import markdown_math_to_unicode
+
+    text = markdown_math_to_unicode(summary, macros)
+    return re.sub(r"\*\*(.+?)\*\*|`([^`]*)`", lambda m: m.group(1) or m.group(2) or "", text)
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+
+    from dlsummary.mathml import parse_macros
+    from dlsummary.notebook import cell_text_output, find_key, questions, read_key, read_notebook
+
+    source = find_key(args.notebook)
+    key = read_key(source)
+    macros = parse_macros("\n".join(c.source for c in key.cells if c.cell_type == "markdown"
+                                     and "\\newcommand" in c.source))
+    found = questions(key)
     if args.list or not args.qid:
         if args.json:
-            print_json([{"id": q.qid, "answer": q.summary} for q in found])
-        else:
-            width = max(len(q.qid) for q in found)
-            for q in found:
-                print(f"{q.qid:{width}s}  {q.summary}")
+            print_json([{"id": q.qid, "topic": q.topic, "answer": q.summary} for q in found])
+            return EXIT_OK
+        columns = shutil.get_terminal_size((100, 24)).columns
+        width = max(len(q.qid) for q in found)
+        for q in found:
+            topic = f"{q.topic}: " if q.topic else ""
+            line = f"{q.qid:{width}s}  {topic}{_plain_summary(q.summary, macros)}"
+            print(_fit(line, columns))
         return EXIT_OK
     by_id = {q.qid: q for q in found}
-    if args.qid not in by_id:
-        close = [q for q in by_id if q.startswith(args.qid.split(".")[0])]
-        hint = f"; ids in that section: {', '.join(close)}" if close else \
-            f"; known ids: {', '.join(by_id)}"
-        raise CLIError(f"no question {args.qid!r} in {source}{hint}")
-    q = by_id[args.qid]
+    wanted = args.qid
+    if wanted not in by_id:
+        guesses = suggest_ids(wanted, list(by_id))
+        if len(guesses) == 1 and guesses[0].lower() == re.sub(
+                r"^([a-z]+)\.?(\d+).*", r"\1.\2", wanted.lower()):
+            wanted = guesses[0]  # only the spelling differs (CNN.3, cnn3, cnn.3.a)
+        else:
+            hint = f"; did you mean {' or '.join(guesses)}?" if guesses else \
+                f"; known ids: {', '.join(by_id)}"
+            raise CLIError(f"no question {args.qid!r} in {source}{hint}")
+    q = by_id[wanted]
 
     evidence = ""
-    report_path = Path(args.report) if args.report else source.parent.parent / "build" / \
+    root = source if source.is_dir() else source.parent
+    report_path = Path(args.report) if args.report else root.parent / "build" / \
         "summary_questions.ipynb"
     if args.report and not report_path.is_file():
         raise CLIError(f"--report {args.report!r} does not exist; run 'dlsummary report' first")
@@ -103,15 +146,16 @@ def run(args: argparse.Namespace) -> int:
         if match is not None:
             evidence = "\n".join(cell_text_output(executed.cells[i]) for i in match.evidence_cells)
     if args.json:
-        print_json({"id": q.qid, "section": q.section, "question": q.question,
-                    "answer": q.answer, "summary": q.summary, "evidence_output": evidence})
+        print_json({"id": q.qid, "topic": q.topic, "section": q.section,
+                    "question": q.question, "answer": q.answer, "summary": q.summary,
+                    "evidence_output": evidence})
         return EXIT_OK
     use_color = sys.stdout.isatty()
     bold, dim = _style(use_color)
-    print(bold(f"{q.qid}  ({q.section})"))
-    print(render_markdown(q.question, use_color))
+    print(bold(f"{q.title}  ({q.section})"))
+    print(render_markdown(q.question, use_color, macros))
     print()
-    print(render_markdown(q.answer, use_color))
+    print(render_markdown(q.answer, use_color, macros))
     if evidence.strip():
         print()
         print(bold(f"Evidence (printed by the experiment, from {report_path}):"))
