@@ -38,14 +38,22 @@
 # # Part 2: Summary Questions
 # <a id=part2></a>
 #
-# This section contains summary questions about various topics from the course material.
-# Every answer below is followed by an experiment that measures what the answer claims and
-# `assert`s it: if a claim stopped being true, this notebook would fail.
+# An answer key to the course's summary questions. Each answer comes first, short enough to
+# read in a minute, with the list of what was checked beneath it; the explanation in detail
+# and the code of the experiment are folded below it, their outputs and plots shown. Every
+# check compares a measured value with a stated threshold, and most have a negative
+# control beside them: the same measurement where the claim should *not* hold. If a claim
+# stopped being true, its check would fail and this page would not be built.
 #
-# **Notes**
+# <details class="dls-assignment-notes"><summary>The original assignment's notes to
+# students</summary>
 #
-# - Clearly mark where your answer begins, e.g. write "**Answer:**" in the beginning of your cell.
-# - Provide a full explanation, even if the question doesn't explicitly state so. We will reduce points for partial explanations!
-# - This notebook should be runnable from start to end without any errors.
+# > - Clearly mark where your answer begins, e.g. write "**Answer:**" in the beginning of
+# >   your cell.
+# > - Provide a full explanation, even if the question doesn't explicitly state so. We will
+# >   reduce points for partial explanations!
+# > - This notebook should be runnable from start to end without any errors.
+#
+# </details>
 #
 # <div class="dls-summary-here"></div>
