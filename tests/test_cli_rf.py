@@ -6,12 +6,14 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.slow  # each case starts a Python process that imports torch
 
 MODELS = textwrap.dedent("""
+    import torch
     import torch.nn as nn
 
     def cnn(depth=2):
@@ -27,6 +29,20 @@ MODELS = textwrap.dedent("""
 
     def not_a_model():
         return 42
+
+    class Shifted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            return torch.roll(self.conv(x), 1, dims=-1)
+
+    def shifted():
+        return Shifted()
+
+    def no_batch_axis():
+        return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3))
 """)
 
 
@@ -74,6 +90,8 @@ def test_global(models):
     (["{m}:cnn", "--input-size", "1,3,a,8"], "not a list of integers"),
     (["{m}:cnn", "--input-size", "1,5,8,8"], "input of shape"),
     (["{m}:cnn", "--input-size", "1,3,8,8", "--kwargs", "{bad"], "not valid JSON"),
+    (["{m}:no_batch_axis", "--input-size", "3,64,64"], "needs an input of rank 4"),
+    (["{m}:shifted", "--input-size", "1,1,24,24"], "the call 'roll'"),
 ])
 def test_errors_are_one_line(models, args, needle):
     done = rf(*[a.replace("{m}", str(models)) for a in args])
@@ -81,3 +99,33 @@ def test_errors_are_one_line(models, args, needle):
     assert needle in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+UNET = str(Path(__file__).resolve().parents[1] / "examples" / "unet.py")
+
+
+@pytest.mark.parametrize("decoder", ["transposed", "bilinear"])
+def test_unet_either_decoder(decoder):
+    done = rf(f"{UNET}:unet", "--input-size", "1,1,96,96", "--kwargs",
+              json.dumps({"decoder": decoder}), "--json", "--measure")
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["method"] == "analytic" and data["stride"] == [1, 1]
+    low, high = data["measured"]["bbox"][0]
+    assert data["size"][0] >= high - low, "the maximum over neighbouring outputs"
+    assert data["misaligned"], "skip and decoder paths are centred differently"
+
+
+def test_measure_falls_back_when_the_analysis_refuses(models):
+    plain = rf(f"{models}:shifted", "--input-size", "1,1,24,24")
+    assert plain.returncode == 2 and "roll" in plain.stderr
+    done = rf(f"{models}:shifted", "--input-size", "1,1,24,24", "--measure")
+    assert done.returncode == 0, done.stderr
+    assert "receptive field 3x3, effective stride 1x1" in done.stdout
+    assert "(measured)" in done.stdout and "refused" in done.stdout
+
+
+def test_global_is_printed_once(models):
+    done = rf(f"{models}:classifier", "--input-size", "1,3,16,16")
+    assert done.returncode == 0, done.stderr
+    assert "receptive field global" in done.stdout and "globalxglobal" not in done.stdout

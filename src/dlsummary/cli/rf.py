@@ -17,6 +17,9 @@ EXAMPLE = """example:
   dlsummary rf mypackage.models:resnet18 --input-size 1,3,224,224
   dlsummary rf path/to/net.py:build --kwargs '{"depth": 4}' --input-size 1,1,64,64 --json
   dlsummary rf net.py:build --input-size 1,3,224,224 --measure   # also measure the footprint
+  dlsummary rf examples/unet.py:unet --input-size 1,1,96,96 --kwargs '{"decoder": "bilinear"}'
+
+With --measure, a model the analysis refuses is measured instead (the output says so).
 """
 
 
@@ -29,11 +32,13 @@ def add_parser(subparsers, parents) -> None:
                     "spatial dimension, with a per-layer table. Outputs that depend on the "
                     "whole input (global pooling, flatten + linear) are reported as global. "
                     "--measure also measures the footprint of the centre output from the "
-                    "gradient, as a check.",
+                    "gradient, as a check, and measures the field instead where the analysis "
+                    "refuses the model.",
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--measure", action="store_true",
-                   help="also measure the footprint of the centre output (slower)")
+                   help="also measure the footprint of the centre output (slower); where the "
+                        "analysis refuses, measure the field instead")
     p.set_defaults(run=run)
 
 
@@ -42,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     size = parse_input_size(args.input_size)
     model = load_model(args.model, parse_kwargs(args.kwargs), args.device)
-    result = receptive_field(model, size)
-    measured = empirical_receptive_field(model, size) if args.measure else None
+    result = receptive_field(model, size, fallback="measure" if args.measure else None)
+    measured = None
+    if args.measure and result.method == "analytic":
+        measured = empirical_receptive_field(model, size)
     if args.json:
         data = result.to_dict()
         if measured is not None:
