@@ -1,12 +1,18 @@
 """The HTML report as a reader sees it: opened in headless Chromium with the network off.
 
-Every equation is typeset (MathML laid out: fraction numerators above denominators), every
-image loads, nothing is requested from the network, the console has no errors, and every
-table-of-contents link lands on an element. A screenshot is saved to artifacts/.
+Every equation is typeset (MathML laid out: fraction numerators above denominators, inline
+fractions at a readable size), every image loads, nothing is requested from the network,
+the console has no errors, and every link lands on an element. As a reader: each question's
+heading shows its id (and topic), its answer is set off with the list of checks visible
+beneath it, the long explanation and the evidence code are folded and open when clicked,
+a link leads back to the summary; the summary table shows no raw Markdown; the page is at
+most 30,000 px tall at 1280 px wide and nothing is wider than the viewport at 800 px.
+Screenshots at 1280 and 800 px are saved to artifacts/.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +21,8 @@ import pytest
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PAGE_HEIGHT_LIMIT_PX = 30_000
+WIDE, NARROW = 1280, 800
 
 
 def find_browser() -> str | None:
@@ -48,27 +56,112 @@ def page_report(executed_report):
                   "--disable-sync"],
         )
         try:
-            context = browser.new_context(offline=True, viewport={"width": 1200, "height": 900})
-            page = context.new_page()
-            page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
-            page.on("pageerror", lambda e: console_errors.append(str(e)))
-
-            def record(route):
-                requests.append(route.request.url)
-                if route.request.url.startswith(("file:", "data:")):
-                    route.continue_()
-                else:
-                    route.abort()
-
-            page.route("**/*", record)
-            page.goto(report.html.resolve().as_uri(), wait_until="load")
+            page = _open(browser, report, WIDE, console_errors, requests)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "report-top.png"))
+            page.screenshot(path=str(ARTIFACTS / f"report-{WIDE}.png"))
             facts = page.evaluate(_FACTS_JS)
+            facts["reader"] = page.evaluate(_READER_JS)
+            facts["expanded"] = _expand_folds(page)
+            first_answer = page.locator(".dls-answer").first
+            if first_answer.count():
+                first_answer.scroll_into_view_if_needed()
+                page.screenshot(path=str(ARTIFACTS / f"report-{WIDE}-question.png"))
+            page.close()
+            narrow = _open(browser, report, NARROW, console_errors, requests)
+            narrow.screenshot(path=str(ARTIFACTS / f"report-{NARROW}.png"))
+            facts["narrow"] = narrow.evaluate(_OVERFLOW_JS)
+            narrow.close()
         finally:
             browser.close()
     facts["n_plots"] = n_plots
     return facts, console_errors, requests
+
+
+def _open(browser, report, width, console_errors, requests):
+    context = browser.new_context(offline=True, viewport={"width": width, "height": 900})
+    page = context.new_page()
+    page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+    page.on("pageerror", lambda e: console_errors.append(str(e)))
+
+    def record(route):
+        requests.append(route.request.url)
+        if route.request.url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            route.abort()
+
+    page.route("**/*", record)
+    page.goto(report.html.resolve().as_uri(), wait_until="load")
+    return page
+
+
+def _expand_folds(page) -> dict:
+    """Click the first folded explanation and the first folded code: both must open and
+    show their content."""
+    out = {}
+    for kind in ("dls-detail", "dls-code"):
+        summary = page.locator(f"details.{kind} > summary").first
+        if not summary.count():
+            out[kind] = None
+            continue
+        summary.click()
+        out[kind] = summary.evaluate(
+            "s => { const d = s.parentElement; const body = [...d.children].filter(c => c !== s);"
+            " return d.open && body.some(c => c.getBoundingClientRect().height > 10); }")
+    return out
+
+
+_READER_JS = r"""
+() => {
+  const rect = (e) => e.getBoundingClientRect();
+  const visible = (e) => rect(e).height > 0 && !e.closest('details:not([open])');
+  const heads = [...document.querySelectorAll('a[id^="q-"]')].map(a => {
+    let h = a.nextElementSibling;
+    while (h && !/^H[1-6]$/.test(h.tagName)) h = h.nextElementSibling;
+    return h ? h.textContent.replace(/\u00b6/g, '').trim() : null;
+  });
+  const cells = [...document.querySelectorAll('.dls-table td')].map(td => td.textContent);
+  const rawMarkdown = cells.filter(t => /\*\*|`/.test(t)).map(t => t.slice(0, 80));
+  const checks = [...document.querySelectorAll('.dls-checks')];
+  const inlineFractions = [...document.querySelectorAll('math:not([display="block"]) mfrac')];
+  const small = inlineFractions.filter(f => {
+    const text = f.closest('p, li, td') || f.parentElement;
+    const base = parseFloat(getComputedStyle(text).fontSize);
+    return [...f.children].some(c => parseFloat(getComputedStyle(c).fontSize) < 0.8 * base);
+  }).map(f => f.closest('math').getAttribute('data-tex'));
+  return {
+    n_questions: heads.length, heads,
+    n_answers: document.querySelectorAll('.dls-answer').length,
+    n_checks: checks.length, hidden_checks: checks.filter(c => !visible(c)).length,
+    n_back: document.querySelectorAll('.dls-back a[href^="#row-q-"]').length,
+    n_folded_code: document.querySelectorAll('details.dls-code:not([open])').length,
+    n_folded_detail: document.querySelectorAll('details.dls-detail:not([open])').length,
+    rawMarkdown, n_inline_fractions: inlineFractions.length, small_fractions: small,
+    height: document.documentElement.scrollHeight,
+  };
+}
+"""
+
+_OVERFLOW_JS = r"""
+() => {
+  const width = document.documentElement.clientWidth;
+  const inScroller = (e) => {
+    for (let p = e.parentElement; p; p = p.parentElement) {
+      const o = getComputedStyle(p).overflowX;
+      if (o === 'auto' || o === 'scroll' || o === 'hidden') return true;
+    }
+    return false;
+  };
+  const wide = [...document.body.querySelectorAll('*')].filter(e => {
+    const r = e.getBoundingClientRect();
+    return r.width > 0 && r.right > width + 1 && !inScroller(e)
+           && !e.closest('details:not([open])');
+  }).slice(0, 5)
+    .map(e => e.tagName + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right));
+  return {width, scrollWidth: document.documentElement.scrollWidth, wide};
+}
+"""
 
 
 _FACTS_JS = r"""
@@ -126,3 +219,44 @@ def test_no_console_errors_and_links_resolve(page_report):
     assert console_errors == [], console_errors[:5]
     assert facts["n_links"] > 3 and facts["dangling"] == [], facts["dangling"]
     assert (ARTIFACTS / "report-top.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_each_question_reads_as_heading_answer_checks_and_folded_details(page_report):
+    facts, _, _ = page_report
+    reader = facts["reader"]
+    n = reader["n_questions"]
+    assert n >= 27, reader["heads"]
+    bad_heads = [h for h in reader["heads"] if not h or not re.match(
+        r"^[a-z]+\.\d+( \u00b7 \S.*)?$", h)]
+    assert bad_heads == [], f"headings without their id (and topic): {bad_heads[:5]}"
+    assert reader["n_answers"] == n, "not every question has its answer set off"
+    assert reader["n_back"] == n, "not every question links back to the summary"
+    assert reader["n_checks"] > 0 and reader["hidden_checks"] == 0, "checks lists are hidden"
+    assert reader["n_folded_code"] >= n, "the evidence code is not folded"
+    assert facts["expanded"]["dls-code"] is True, "folded code does not open when clicked"
+    assert facts["expanded"]["dls-detail"] in (True, None), "folded details do not open"
+
+
+@pytest.mark.slow
+def test_summary_table_renders_markdown(page_report):
+    facts, _, _ = page_report
+    assert facts["reader"]["rawMarkdown"] == [], facts["reader"]["rawMarkdown"][:5]
+
+
+@pytest.mark.slow
+def test_inline_fractions_are_readable(page_report):
+    facts, _, _ = page_report
+    assert facts["reader"]["small_fractions"] == [], facts["reader"]["small_fractions"][:5]
+
+
+@pytest.mark.slow
+def test_page_height_and_no_horizontal_overflow(page_report):
+    facts, _, _ = page_report
+    assert facts["reader"]["height"] <= PAGE_HEIGHT_LIMIT_PX, \
+        f"the page is {facts['reader']['height']} px tall at {WIDE} px"
+    narrow = facts["narrow"]
+    assert narrow["scrollWidth"] <= narrow["width"], f"wider than {NARROW} px: {narrow}"
+    assert narrow["wide"] == [], narrow["wide"]
+    for name in (f"report-{WIDE}.png", f"report-{NARROW}.png"):
+        assert (ARTIFACTS / name).stat().st_size > 10_000, name
