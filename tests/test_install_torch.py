@@ -70,13 +70,15 @@ def serve():
 
 @pytest.fixture
 def indexes(tmp_path, serve):
-    """URLs of: an index serving the CUDA-style torch, one serving a CPU torch, and a CPU
-    index (torch 2.13.0+cpu), each with what their torch needs."""
+    """URLs of: an index serving the CUDA-style torch, one serving that and the CPU build
+    too, and a CPU index (torch 2.13.0+cpu), each with what their torch needs."""
     cuda, cpu_served, cpu_index = tmp_path / "cuda", tmp_path / "cpu_served", tmp_path / "cpu"
     make_wheel(cuda, "torch", "2.13.0", ("nvidia-cublas-cu12", "filelock"))
     make_wheel(cuda, "nvidia-cublas-cu12", "12.8.0")
     make_wheel(cuda, "filelock", "3.0.0")
-    make_wheel(cpu_served, "torch", "2.13.0", ("filelock",))
+    make_wheel(cpu_served, "torch", "2.13.0", ("nvidia-cublas-cu12", "filelock"))  # both,
+    make_wheel(cpu_served, "torch", "2.13.0+cpu", ("filelock",))  # as on a mirror
+    make_wheel(cpu_served, "nvidia-cublas-cu12", "12.8.0")
     make_wheel(cpu_served, "filelock", "3.0.0")
     make_wheel(cpu_index, "torch", "2.13.0+cpu", ("filelock",))
     (tmp_path / "empty" / "torch").mkdir(parents=True)
@@ -95,8 +97,9 @@ def run_script(index_url: str, cpu_index: str, *args: str) -> subprocess.Complet
          *args], capture_output=True, text=True, env=env)
 
 
-needs_no_gpu = pytest.mark.skipif(install_torch.has_nvidia_gpu(),
-                                  reason="this machine has an NVIDIA GPU: the CUDA build is right")
+needs_no_gpu = pytest.mark.skipif(
+    install_torch.has_nvidia_gpu() or not sys.platform.startswith("linux"),
+    reason="an NVIDIA GPU or not Linux: the configured index's build is the right one")
 
 
 def _would_install(proc: subprocess.CompletedProcess) -> str:
@@ -120,12 +123,14 @@ def test_cpu_requirement_pins_the_cpu_wheel():
 
 
 @pytest.mark.slow
-def test_an_index_that_serves_a_cpu_build_is_used_as_it_is(indexes):
-    proc = run_script(f"{indexes['cpu_served']}/", indexes["cpu"], "--dry-run", "--reinstall",
+def test_configured_sources_that_list_the_cpu_build_serve_it(indexes):
+    proc = run_script(f"{indexes['cpu_served']}/", _refusing_url(), "--dry-run", "--reinstall",
                       "torch==2.13.0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "serves a CPU build" in proc.stdout
-    assert "torch-2.13.0 " in _would_install(proc) + " " and "--index-url" not in proc.stdout
+    assert "they list the CPU build 2.13.0+cpu" in proc.stdout
+    would = _would_install(proc)
+    assert "torch-2.13.0+cpu" in would and "nvidia" not in would
+    assert "--index-url" not in proc.stdout, "the configured sources only"
 
 
 @pytest.mark.slow

@@ -6,27 +6,27 @@
    installed by hand, see the README's GPU section, stays);
 2. pip options follow the requirement (``TORCH="torch==2.13.0 --index-url URL"``): the
    user has chosen; install exactly that;
-3. ask pip what the configured index would install (a dry run: metadata only). A CPU
-   build (no ``nvidia-*`` dependency: macOS, Windows, an index that serves the CPU wheel)
-   or a machine with an NVIDIA GPU: install that;
+3. the configured sources list the CPU build (``2.13.0+cpu``, as a mirror of the PyTorch
+   index or a wheel on disk would): install it from them. Not on Linux (PyPI's macOS and
+   Windows wheels are CPU builds), or an NVIDIA GPU here: install what they serve;
 4. otherwise (plain PyPI on Linux serves the multi-GB CUDA build): the CPU wheel from
-   ``--cpu-index-url``, then torch's small dependencies from the configured index. An
-   index that cannot be reached (5 s to answer) or a download that fails falls back to
-   step 3's install, with a note: the install never fails or stalls for the CPU index.
+   ``--cpu-index-url``, then torch's small dependencies from the configured sources. An
+   index that does not answer within 5 s, or a download that fails, falls back to step
+   3's install with a note: the install never fails or stalls for the CPU index.
 
-Progress is pip's own (a bar per download on a terminal) plus a line per step.
+The sources are asked with ``pip index versions`` (one page, nothing downloaded; a dry-run
+resolve would download the CUDA wheels just to read their metadata). Progress is pip's own
+(a bar per download on a terminal) plus a line per step.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -34,7 +34,6 @@ CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 PROBE_TIMEOUT_S = 5  # the CPU index must answer within this, or it is not used
 PIP_FAST_FAIL = ("--timeout", "15", "--retries", "1")  # not pip's 15 s x 5 retries per file
 PIP = ("-m", "pip", "install", "--disable-pip-version-check")
-_CUDA_PACKAGES = re.compile(r"^(nvidia-.*|triton)$", re.IGNORECASE)
 
 
 def say(message: str) -> None:
@@ -73,18 +72,21 @@ def has_nvidia_gpu() -> bool:
     return proc.returncode == 0 and "GPU" in proc.stdout
 
 
-def planned_packages(python: str, requirement: str) -> list[str] | None:
-    """What ``pip install requirement`` would install from the configured index (names),
-    or None when pip cannot say (an old pip without --dry-run --report)."""
-    with tempfile.TemporaryDirectory() as folder:
-        report = Path(folder) / "report.json"
-        proc = subprocess.run([python, *PIP, "--dry-run", "--ignore-installed", "--quiet",
-                               "--report", str(report), requirement],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        if proc.returncode != 0 or not report.exists():
-            return None
-        data = json.loads(report.read_text())
-    return [item["metadata"]["name"] for item in data.get("install", [])]
+def listed_versions(python: str) -> list[str] | None:
+    """The torch versions the configured sources list (``pip index versions``), or None
+    when pip cannot say (an old pip, an index that does not answer)."""
+    proc = subprocess.run([python, "-m", "pip", "index", "versions", "torch",
+                           "--disable-pip-version-check"], capture_output=True, text=True)
+    match = re.search(r"^Available versions:\s*(.+)$", proc.stdout, re.MULTILINE)
+    if proc.returncode != 0 or match is None:
+        return None
+    return [v.strip() for v in match.group(1).split(",") if v.strip()]
+
+
+def pinned_version(requirement: str) -> str | None:
+    """``torch==2.13.0`` -> ``2.13.0``; None for any other form."""
+    match = re.fullmatch(r"\s*torch\s*==\s*([\w.]+)\s*", requirement)
+    return match.group(1).split("+")[0] if match else None
 
 
 def index_answers(url: str) -> bool:
@@ -99,9 +101,9 @@ def index_answers(url: str) -> bool:
 
 def cpu_requirement(requirement: str) -> str:
     """``torch==2.13.0`` -> ``torch==2.13.0+cpu``: exactly the CPU wheel, never a CUDA one
-    that another configured source might also offer."""
-    match = re.fullmatch(r"\s*torch\s*==\s*([\w.]+)\s*", requirement)
-    return f"torch=={match.group(1)}+cpu" if match else requirement
+    that another source might also offer."""
+    version = pinned_version(requirement)
+    return f"torch=={version}+cpu" if version else requirement
 
 
 def pip_install(python: str, *args: str, dry_run: bool = False) -> int:
@@ -120,17 +122,18 @@ def install(python: str, requirement: str, pip_options: list[str], cpu_index: st
     if pip_options:
         say(f"installing {requirement} with your pip options {' '.join(pip_options)}")
         return pip_install(python, requirement, *pip_options, dry_run=dry_run)
-    say(f"asking pip which build of {requirement} the configured index serves")
-    planned = planned_packages(python, requirement)
-    if planned is None:
-        say("pip could not say (an old pip?); installing from the configured index")
-        return pip_install(python, requirement, dry_run=dry_run)
-    if not any(_CUDA_PACKAGES.match(name) for name in planned):
-        say("the configured index serves a CPU build; installing it")
+    version = pinned_version(requirement)
+    if version is not None:
+        say(f"asking pip which builds of torch {version} the configured sources list")
+        listed = listed_versions(python)
+        if listed is not None and f"{version}+cpu" in listed:
+            say(f"they list the CPU build {version}+cpu; installing it")
+            return pip_install(python, cpu_requirement(requirement), dry_run=dry_run)
+    if not sys.platform.startswith("linux"):
+        say(f"{sys.platform}: the configured index's build is the right one; installing it")
         return pip_install(python, requirement, dry_run=dry_run)
     if has_nvidia_gpu():
-        say("the configured index serves a CUDA build and this machine has an NVIDIA "
-            "GPU; installing it")
+        say("this machine has an NVIDIA GPU: installing the configured index's CUDA build")
         return pip_install(python, requirement, dry_run=dry_run)
     say(f"no NVIDIA GPU here: the CPU build (about 200 MB, not several GB of CUDA) from "
         f"{cpu_index}")
