@@ -622,5 +622,5 @@ check("losses.4.C", "their weights do not change by a single bit",
       bool(torch.equal(net[0].weight[dead], w_dead) and torch.equal(net[0].bias[dead], b_dead)), "==", True)
 check("losses.4.C", "every dead unit is still dead after 20 steps (count revived)", int((dead & ~still_dead).sum()), "==", 0)
 control("losses.4.C", "the live units' weights do change (largest change)",
-        float((net[0].weight[~dead] - w_live).abs().max()), ">", 1e-4)
+        float((net[0].weight.detach()[~dead] - w_live).abs().max()), ">", 1e-4)
 control("losses.4.C", "with leaky ReLU, units negative on every image still get a gradient", leaky_grad, ">", 1e-8)
