@@ -116,9 +116,9 @@ _READER_JS = r"""
 () => {
   const rect = (e) => e.getBoundingClientRect();
   const visible = (e) => rect(e).height > 0 && !e.closest('details:not([open])');
+  const h3s = [...document.querySelectorAll('h3')];
   const heads = [...document.querySelectorAll('a[id^="q-"]')].map(a => {
-    let h = a.nextElementSibling;
-    while (h && !/^H[1-6]$/.test(h.tagName)) h = h.nextElementSibling;
+    const h = h3s.find(x => a.compareDocumentPosition(x) & Node.DOCUMENT_POSITION_FOLLOWING);
     return h ? h.textContent.replace(/\u00b6/g, '').trim() : null;
   });
   const cells = [...document.querySelectorAll('.dls-table td')].map(td => td.textContent);

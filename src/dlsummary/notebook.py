@@ -268,6 +268,8 @@ def summarise_answer(answer: str, question: str = "") -> str:
             parts.append(f"{letter}. {statement} **{verdict}**." if statement
                          else f"{letter}. **{verdict}**.")
         return " ".join(parts)
+    # a code block ends the sentence that introduces it ("... as follows:")
+    body = re.sub(r":?[ \t]*\n?```.*?```", ". ", body, flags=re.S)
     first = " ".join(body.strip().split("\n\n", 1)[0].split())
     sentence = _first_sentence(first)
     plain = sentence.replace("*", "").rstrip(".").strip().lower()

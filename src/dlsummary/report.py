@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote
 
 import nbformat
 
@@ -117,9 +118,11 @@ _KERNEL_ENV = {
     "MPLBACKEND": "module://matplotlib_inline.backend_inline",
 }
 _KERNEL_ARGS = ["--log-level=ERROR", "--HistoryManager.enabled=False"]
-# What every section imports first; a forked kernel starts with these already loaded.
+# What every section imports first; a forked kernel starts with these already loaded. Not
+# matplotlib_inline (nor pyplot): its backend hooks itself into the running IPython shell
+# when first imported, which must happen in the kernel, or figures are not shown.
 _PRELOAD = ("numpy", "torch", "torch.nn", "torch.nn.functional", "matplotlib",
-            "IPython", "ipykernel.kernelapp", "ipykernel.ipkernel", "matplotlib_inline",
+            "IPython", "ipykernel.kernelapp", "ipykernel.ipkernel",
             "dlsummary", "dlsummary.utils", "dlsummary.evidence")
 
 # The kernel's launcher when kernels are forked: a tiny process that asks the fork server
@@ -176,6 +179,8 @@ def fork_server_main(address: str) -> None:
 
     for name in _PRELOAD:
         importlib.import_module(name)
+    if "matplotlib_inline.backend_inline" in sys.modules:  # pragma: no cover - a guard
+        raise DLSummaryError("preloading imported the inline backend: figures would be lost")
     server = socket.socket(socket.AF_UNIX)
     server.bind(address + ".tmp")
     server.listen(64)
@@ -659,6 +664,10 @@ def notebook_to_html(nb: nbformat.NotebookNode, title: str = "dlsummary answer k
     exporter.exclude_input_prompt = True
     exporter.exclude_output_prompt = True
     body, _ = exporter.from_notebook_node(nb)
+    # nbconvert percent-encodes the heading ids ("cnn.3-%C2%B7-..."), while a browser
+    # decodes the "#..." of a link before looking the id up: store the ids decoded
+    body = re.sub(r'(<h[1-6] id=")([^"]*%[0-9A-Fa-f]{2}[^"]*)"',
+                  lambda m: m.group(1) + html.escape(unquote(m.group(2))) + '"', body)
     # plots get a text alternative naming the question they belong to
     body = re.sub(r'<img alt="No description has been provided for this image"',
                   _alt_text(body), body)
