@@ -1,4 +1,5 @@
-"""Analytic receptive field vs one gradient measurement, on a deep ResNet-style model.
+"""Analytic receptive field vs one gradient measurement, on a deep ResNet-style model, and on
+a U-Net (transposed-convolution decoder: fractional strides, concatenated skips).
 
 Target: the analytic calculator in well under a second (< 0.5 s), and at least 10x faster
 than one empirical measurement (a geometry-faithful float64 copy, a forward and a backward
@@ -7,12 +8,17 @@ pass). Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_receptive_field.py``.
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from dlsummary.receptive_field import empirical_receptive_field, receptive_field
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from unet import UNet  # noqa: E402
 
 
 class Bottleneck(nn.Module):
@@ -72,6 +78,10 @@ def main() -> dict:
     empirical = _best_of(lambda: empirical_receptive_field(model, size), 1)
     rf = receptive_field(model, size)
     ratio = empirical / analytic
+    unet, unet_size = UNet(width=8, depth=4).eval(), (1, 1, 256, 256)
+    unet_analytic = _best_of(lambda: receptive_field(unet, unet_size), 5)
+    unet_empirical = _best_of(lambda: empirical_receptive_field(unet, unet_size), 1)
+    unet_rf = receptive_field(unet, unet_size)
     figures = {
         "model": f"ResNet-101 (torchvision geometry), {convs} convs, input {size}",
         "receptive_field": rf.size[0],
@@ -80,11 +90,16 @@ def main() -> dict:
         "speedup": ratio,
         "analytic_under_0.5s": analytic < 0.5,
         "speedup_at_least_10x": ratio >= 10,
+        "unet_receptive_field": unet_rf.size[0],
+        "unet_analytic_s": unet_analytic,
+        "unet_empirical_s": unet_empirical,
     }
     print(figures["model"], f"-> receptive field {rf.size[0]}, stride {rf.stride[0]}")
     print(f"{'method':28s} {'time (s)':>9s}")
     print(f"{'analytic receptive_field':28s} {analytic:9.3f}")
     print(f"{'empirical (one gradient)':28s} {empirical:9.3f}")
+    print(f"U-Net (depth 4, transposed decoder), input {unet_size} -> receptive field "
+          f"{unet_rf.size[0]}: analytic {unet_analytic:.3f} s, empirical {unet_empirical:.3f} s")
     print(f"speedup {ratio:.1f}x; targets: analytic < 0.5 s "
           f"{'met' if figures['analytic_under_0.5s'] else 'NOT met'}, >= 10x "
           f"{'met' if figures['speedup_at_least_10x'] else 'NOT met'}")

@@ -122,6 +122,8 @@ def _dim_then(dim: Any, lo: _Map, hi: _Map) -> Any:
 
 def _dim_sizes(dim: Any) -> list[int]:
     lo, hi = dim
+    if lo.period == 1 and hi.period == 1:
+        return [hi.table[0] - lo.table[0] + 1]
     period = math.lcm(lo.period, hi.period)
     return [hi(i) - lo(i) + 1 for i in range(period)]
 
@@ -894,7 +896,8 @@ class _Tracer(fx.Tracer):
                         "are not aligned (misaligned paths)")
                 lo, hi = lo.merge(plo, min), hi.merge(phi, max)
             period = math.lcm(*(m.period for p in got for m in p))
-            centres = {tuple(p[0](i) + p[1](i) for i in range(period)) for p in got}
+            centres = {p[0].table[0] + p[1].table[0] for p in got} if period == 1 else {
+                tuple(p[0](i) + p[1](i) for i in range(period)) for p in got}
             if len(centres) > 1:
                 shown = sorted({(p[0](0) + p[1](0)) / 2 for p in got})
                 self.misaligned.append(
