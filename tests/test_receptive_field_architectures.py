@@ -543,3 +543,127 @@ def test_fallback_measures_when_the_analysis_refuses():
     assert rf.size == (3, 3) and rf.stride == (1, 1)
     analytic = receptive_field(nn.Conv2d(1, 1, 3), (1, 1, 24, 24))
     assert analytic.method == "analytic"
+
+
+# ------------------------------------------- more of the table: MobileNetV2, DenseNet, RegNet
+class InvertedResidualV2(nn.Module):
+    """torchvision.models.mobilenetv2.InvertedResidual (expand 1x1, depthwise 3x3, project)."""
+
+    def __init__(self, c, stride, expand):
+        super().__init__()
+        mid = c * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(c, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6()]
+        layers += [nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False),
+                   nn.BatchNorm2d(mid), nn.ReLU6(), nn.Conv2d(mid, c, 1, bias=False),
+                   nn.BatchNorm2d(c)]
+        self.conv = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+def mobilenet_v2(stages=None, width=2):
+    """torchvision.models.mobilenet_v2's ``features`` (t, c, n, s settings), narrow."""
+    settings = stages or [(1, 1, 1), (6, 2, 2), (6, 3, 2), (6, 4, 2), (6, 3, 1), (6, 3, 2),
+                          (6, 1, 1)]  # expand, repeats, stride
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 2, 1, bias=False), nn.ReLU6()]
+    for expand, repeats, stride in settings:
+        layers += [InvertedResidualV2(width, stride if i == 0 else 1, expand)
+                   for i in range(repeats)]
+    layers.append(nn.Conv2d(width, 4 * width, 1, bias=False))
+    return nn.Sequential(*layers).eval()
+
+
+class DenseLayer(nn.Module):
+    """torchvision.models.densenet._DenseLayer: BN-ReLU-1x1, BN-ReLU-3x3, concatenated."""
+
+    def __init__(self, c_in, growth):
+        super().__init__()
+        self.layers = nn.Sequential(nn.BatchNorm2d(c_in), nn.ReLU(), nn.Conv2d(c_in, growth, 1),
+                                    nn.BatchNorm2d(growth), nn.ReLU(),
+                                    nn.Conv2d(growth, growth, 3, padding=1))
+
+    def forward(self, features):
+        return torch.cat([features, self.layers(features)], 1)
+
+
+def densenet121(growth=2, blocks=(6, 12, 24, 16)):
+    """torchvision.models.densenet121's ``features``: stem, dense blocks, transitions."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 4, 7, 2, 3, bias=False), nn.BatchNorm2d(4),
+                               nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    c = 4
+    for i, n in enumerate(blocks):
+        for _ in range(n):
+            layers.append(DenseLayer(c, growth))
+            c += growth
+        if i + 1 < len(blocks):
+            layers += [nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, c // 2, 1), nn.AvgPool2d(2, 2)]
+            c //= 2
+    return nn.Sequential(*layers).eval()
+
+
+class XBlock(nn.Module):
+    """torchvision.models.regnet.ResBottleneckBlock (1x1, grouped 3x3 with the stride, 1x1)."""
+
+    def __init__(self, c_in, c, stride):
+        super().__init__()
+        self.f = nn.Sequential(nn.Conv2d(c_in, c, 1), nn.ReLU(),
+                               nn.Conv2d(c, c, 3, stride, 1, groups=2), nn.ReLU(),
+                               nn.Conv2d(c, c, 1))
+        self.proj = nn.Conv2d(c_in, c, 1, stride) if stride != 1 or c_in != c else None
+
+    def forward(self, x):
+        return torch.relu((x if self.proj is None else self.proj(x)) + self.f(x))
+
+
+def regnet_x_400mf(depths=(1, 2, 7, 12), width=4):
+    """torchvision.models.regnet_x_400mf's trunk: stem and four stages (stride 2 each)."""
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, 2, 1), nn.ReLU()]
+    for depth in depths:
+        layers += [XBlock(width, width, 2 if i == 0 else 1) for i in range(depth)]
+    return nn.Sequential(*layers).eval()
+
+
+# Derived by hand, as for the published ones above (r' = r + (k-1) j, j' = j s):
+# MobileNetV2: stem 3 (j2); +4; +4 +8 = 19 (j4); +8 +2x16 = 59 (j8); +16 +3x32 = 171 (j16);
+#   +3x32 = 267; +32 +2x64 = 427 (j32); +64 = 491 (Araujo et al.'s published value).
+# DenseNet-121: 7 (j2), pool 11 (j4); 6 x 8 = 59; transition +4 = 63 (j8); 12 x 16 = 255;
+#   +8 = 263 (j16); 24 x 32 = 1031; +16 = 1047 (j32); 16 x 64 = 2071.
+# RegNetX-400MF: stem 3 (j2); +4 = 7 (j4); +8 +16 = 31 (j8); +16 +6x32 = 239 (j16);
+#   +32 +11x64 = 975 (j32).
+@pytest.mark.parametrize("name, build, size", [
+    ("mobilenet_v2", mobilenet_v2, 491),
+    ("densenet121", densenet121, 2071),
+    ("regnet_x_400mf", regnet_x_400mf, 975),
+])
+def test_more_published_trunks(name, build, size):
+    rf = receptive_field(build(), (1, 3, 224, 224))
+    assert rf.size == (size, size) and rf.stride == (32, 32), name
+    assert not rf.misaligned, name
+
+
+@pytest.mark.parametrize("build", [
+    lambda: mobilenet_v2([(1, 1, 1), (6, 2, 2), (6, 3, 2)]),
+    lambda: densenet121(blocks=(3, 2)),
+    lambda: regnet_x_400mf((1, 2)),
+])
+def test_more_trunks_measured(build):
+    model = build()
+    size = (1, 3, 128, 128)
+    assert_matches_measurement(model, size, neighbours(receptive_field(model, size)))
+
+
+def test_channels_last_mean_without_keepdim_is_local():
+    class ChannelMean(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x).permute(0, 2, 3, 1).mean(-1).unsqueeze(1)
+
+    rf = receptive_field(ChannelMean(), (1, 1, 12, 12))
+    assert rf.size == (3, 3) and rf.output_size == (10, 10)
