@@ -485,22 +485,28 @@ def _summary_html(nb: nbformat.NotebookNode, macros: dict) -> str:
 
 
 def _checks_html(records: list[dict]) -> str:
-    """The "Checked" list under an answer: claim, measured, threshold, pass or control."""
+    """The "Checked" list under an answer, one compact line per check: the sub-item, the
+    claim, what was measured against what threshold, and whether it is a control."""
     from dlsummary.evidence import _fmt
 
     items = []
     for r in records:
         kind = "control" if r.get("kind") == "control" else "check"
-        mark = "passed" if r.get("passed") else "FAILED"
+        item, question = str(r.get("item", "")), str(r.get("question", ""))
+        letter = item[len(question) + 1:] if item.startswith(question + ".") else ""
+        tag = f'<span class="dls-item">{html.escape(letter)}</span> ' if letter else ""
+        mark = ('<span class="dls-verdict">\u2713</span>' if r.get("passed")
+                else '<span class="dls-verdict dls-failed">FAILED</span>')
+        control = ' <span class="dls-control-tag">control</span>' if kind == "control" else ""
         items.append(
-            f'<li class="dls-{kind}"><span class="dls-item">{html.escape(str(r.get("item")))}'
-            f'</span> {html.escape(str(r.get("claim")))}: measured '
+            f'<li class="dls-{kind}">{mark} {tag}{html.escape(str(r.get("claim")))}: '
             f'<code>{html.escape(_fmt(r.get("measured")))}</code>, expected '
-            f'<code>{html.escape(str(r.get("expected")))}</code> '
-            f'<span class="dls-verdict">{mark}{" (control)" if kind == "control" else ""}'
-            "</span></li>")
-    return ('<div class="dls-checks"><p class="dls-checks-title">Checked</p><ul>'
-            + "".join(items) + "</ul></div>")
+            f'<code>{html.escape(str(r.get("expected")))}</code>{control}</li>')
+    return ('<div class="dls-checks"><p class="dls-checks-title">Checked '
+            f'({len(records)})</p><ul>' + "".join(items) + "</ul></div>")
+
+
+_CHECK_REPR = re.compile(r"^Check\(question=")
 
 
 def _fold_label(source: str) -> str | None:
@@ -524,6 +530,10 @@ def _arrange(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     by_answer: dict[int, list[dict]] = {}
     roles: dict[int, tuple[str, str | None]] = {}
     for q in found.values():
+        for i in range(q.heading_cell + 1, min([*q.detail_cells, *q.evidence_cells,
+                                                len(nb.cells)])):
+            if nb.cells[i].cell_type == "code":
+                roles[i] = ("question", None)  # the question's own code, as asked
         answer_cell = next((i for i in range(q.heading_cell + 1, len(nb.cells))
                             if nb.cells[i].cell_type == "markdown"
                             and nb.cells[i].source.lstrip().startswith("**Answer:**")), None)
@@ -555,8 +565,11 @@ def _arrange(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         info.update(role=role, fold=fold)
         cell.metadata = nbformat.from_dict({**cell.get("metadata", {}), "dlsummary": info})
         if cell.cell_type == "code":
+            # the records become the "Checked" list; a check() left as a cell's last
+            # expression would print its repr: neither is shown raw
             cell.outputs = [o for o in cell.get("outputs", [])
-                            if MIME_TYPE not in o.get("data", {})]
+                            if MIME_TYPE not in o.get("data", {})
+                            and not _CHECK_REPR.match(o.get("data", {}).get("text/plain", ""))]
         out.cells.append(cell)
         if index in by_answer and by_answer[index]:
             out.cells.append(nbformat.v4.new_markdown_cell(
@@ -583,19 +596,25 @@ body { overflow-wrap: break-word; }
 .dls-topic { display: block; color: #555; font-size: 12px; }
 .dls-answer { border-left: 4px solid #3a6ea5; background: #f3f7fc; padding: 0.2em 0.8em;
   margin: 0.4em 0; font-size: 1.05em; }
-.dls-checks { border-left: 4px solid #4a9a5a; background: #f4faf5; padding: 0.2em 0.8em;
-  margin: 0.4em 0 0.8em 0; font-size: 13px; }
-.dls-checks-title { font-weight: bold; margin: 0.3em 0; }
-.dls-checks ul { margin: 0.2em 0 0.4em 0; padding-left: 1.2em; }
-.dls-checks .dls-item { font-family: monospace; color: #333; }
+.dls-checks { border-left: 4px solid #4a9a5a; background: #f4faf5; padding: 0.1em 0.8em;
+  margin: 0.3em 0 0.6em 0; font-size: 12px; line-height: 1.35; }
+.dls-checks-title { font-weight: bold; margin: 0.2em 0; }
+.dls-checks ul { margin: 0 0 0.3em 0; padding-left: 0; list-style: none; }
+.dls-checks li { margin: 0; }
+.dls-checks code { font-size: 11px; background: none; padding: 0; }
+.dls-checks .dls-item { font-weight: bold; color: #333; }
 .dls-checks .dls-verdict { color: #2d6a3a; font-weight: bold; }
-.dls-checks .dls-control .dls-verdict { color: #7a5a12; }
+.dls-checks .dls-failed { color: #a00; }
+.dls-checks .dls-control-tag { color: #7a5a12; font-style: italic; }
 details.dls-fold { margin: 0.3em 0; }
 details.dls-fold > summary { cursor: pointer; color: #3a6ea5; font-size: 13px; }
 .dls-back { font-size: 12px; text-align: right; margin: 0.2em 0 1.5em 0; }
 .dls-partial { background: #fff4d6; border: 1px solid #e0b84a; padding: 0.5em 1em; }
-.jp-OutputArea-output pre, .jp-RenderedText pre { overflow-x: auto; }
-.jp-RenderedImage img, .jp-OutputArea-output img { max-width: 100%; height: auto; }
+/* printed output stays visible, long prints scroll instead of lengthening the page */
+.jp-OutputArea-output pre, .jp-RenderedText pre { overflow: auto; max-height: 18em;
+  font-size: 12px; }
+.jp-RenderedImage img, .jp-OutputArea-output img { max-width: min(100%, 760px);
+  height: auto; }
 .jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }
 math { overflow-x: auto; max-width: 100%; }
 math[display="block"] { margin: 0.6em 0; font-size: 1.1em; }
