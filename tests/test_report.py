@@ -240,3 +240,15 @@ def test_only_names_an_unknown_section_in_one_line(tmp_path):
          "--output", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "'nope'" in proc.stderr and "part1" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_section_notebooks_are_generated_on_demand(tmp_path):
+    from dlsummary.report import write_section_notebooks
+
+    key = write_key(tmp_path / "key")
+    written = write_section_notebooks(key)
+    assert [p.name for p in written] == ["00_introduction.ipynb", "01_part1.ipynb",
+                                         "02_part2.ipynb", "03_part3.ipynb"]
+    nb = nbformat.read(written[1], as_version=4)
+    assert nb.cells[0].source == "## Section 1"
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
