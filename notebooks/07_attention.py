@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlsummary import plot_style, seed_everything
+from dlsummary.evidence import check, control
 
 plot_style()
 seed_everything(0)
 
 # %% [markdown]
-# ### attn.1
+# ### attn.1 · attention and the hidden states
 # In tutorial 7 (part 2) we learned how to use attention to perform alignment between a
 # source and target sequence in machine translation.
 # - A. Explain qualitatively what the addition of the attention mechanism between the
@@ -47,11 +48,19 @@ seed_everything(0)
 # the next decoder step.)
 
 # %% [markdown]
-# **Answer:** Attention frees the encoder's final state from having to hold the whole sentence: the encoder learns per-position states that describe each token in its context and can be *found* by a query, and the decoder's state learns to carry where it is in the translation (what to look up next) instead of the whole source; with self-attention in place of decoder queries, the attention no longer depends on what the decoder is producing, so the alignment is lost and the decoder's state (fed by a fixed summary of the source) must again carry the source content and the alignment itself, as in the model without attention, while the encoder states become mixtures of the whole sentence.
+# **Answer:**
 #
-# **A.** Without attention, the decoder sees the source only through the encoder's last state $\boldsymbol{h}_L$ (its initial state). That one vector must encode *every* source token and its position, and the decoder state $\boldsymbol{s}_t$ must carry everything not yet emitted, step after step: a fixed-size bottleneck whose quality falls with sentence length. With attention, at every step the decoder's state is the query $\boldsymbol{q}_t = \boldsymbol{W}_q \boldsymbol{s}_{t-1}$, the weights $\alpha_{t,j} = \operatorname{softmax}_j\left(\boldsymbol{q}_t^\top \boldsymbol{W}_k \boldsymbol{h}_j / \sqrt{d}\right)$ pick source positions and the context $\boldsymbol{c}_t = \sum_j \alpha_{t,j} \boldsymbol{W}_v \boldsymbol{h}_j$ delivers their content. The hidden states change accordingly. The **encoder states** $\boldsymbol{h}_j$ become a memory that is read position by position: each must describe its own token in context (and give it a key that a query can find), while the final state no longer has to summarise the sentence. The **decoder state** no longer has to store the source: it carries what it has produced and where it is, which is what it needs to ask for the next position; the content arrives through $\boldsymbol{c}_t$. The experiment (reversing random token sequences, where target token $t$ is source token $L-1-t$; a bidirectional GRU encoder and a GRU decoder, trained on lengths 2 to 12) shows this: without attention, accuracy falls steadily with length; with attention, it stays high, and the attention map is the anti-diagonal alignment (the peak sits on the source token being emitted or on its right neighbour, whose forward-GRU state read that token one step earlier and so delivers the same content). Replacing the decoder's initial state (the encoder summary) with that of another sentence sends the no-attention model to chance, since the summary carried the whole sentence, while the attention model still emits several times more correct tokens, since much of the content now arrives through attention; the summary is still used (for the length and the first steps), so it does not survive unharmed.
+# **A.** Without attention the decoder sees the source only through the encoder's final state: that one vector must encode the whole sentence, and the decoder's state must carry everything not yet translated, a bottleneck that gets worse with length. With attention, the decoder's state is a query that selects encoder states at every step, and their weighted sum (the context vector) delivers the content. So the encoder learns per-position states, each describing its token in context and easy to find by a query (the final state no longer has to summarise everything), and the decoder's state learns to track what it has emitted and where to look next instead of storing the source.
 #
-# **B.** With queries, keys and values all projections of the encoder states, the attention computes $\boldsymbol{h}'_i = \sum_j \operatorname{softmax}_j\left((\boldsymbol{W}_q \boldsymbol{h}_i)^\top \boldsymbol{W}_k \boldsymbol{h}_j / \sqrt{d}\right) \boldsymbol{W}_v \boldsymbol{h}_j$: one new vector per *source* position, mixing information from the whole sentence into each (contextualised encoder states, as in a transformer encoder). But nothing in it depends on the decoder: the weights are the same whatever the decoder has produced, so the decoder can no longer choose where to look, and the model loses the alignment that attention provided. The decoder receives the same context at every step (here the average of the $\boldsymbol{h}'_i$, in the slot where the tutorial's model receives $\boldsymbol{c}_t$), so its hidden state must again track its position and carry the source content, as without attention; the encoder states are trained to make the fixed summary informative rather than to be addressable. (Pairing decoder step $t$ with $\boldsymbol{h}'_t$ would only make sense if source and target had the same length and a known alignment, which translation does not have.) Expected, and measured: the self-attention variant behaves like the model without attention: its accuracy falls with length and ends, for the longest sentences, where the no-attention model ends, far below decoder-query attention (the extra summary vector helps a little at medium lengths), and it falls to near chance when its initial state is swapped. Its learned self-attention weights are close to uniform: with no decoder query there is nothing for them to align, so they settle for an average, a bag-of-tokens summary of the sentence, and the map is the same at every decoder step.
+# **B.** With queries, keys and values all from the encoder states, each encoder state becomes a mixture of the whole sentence (contextualised, as in a transformer encoder), but the attention no longer depends on the decoder: its weights are the same at every decoding step, so the decoder cannot choose where to look and the alignment is lost. The decoder gets the same summary at every step, so its hidden state must again hold the source content and its position, as without attention, and the encoder states are trained to make that fixed summary informative rather than addressable: quality falls with length as without attention.
+
+# %% [markdown]
+# **Why, in detail.** With attention the decoder's state $\boldsymbol{s}_{t-1}$ gives the query $\boldsymbol{q}_t = \boldsymbol{W}_q \boldsymbol{s}_{t-1}$, the weights $\alpha_{t,j} = \operatorname{softmax}_j(\boldsymbol{q}_t^\top \boldsymbol{W}_k \boldsymbol{h}_j / \sqrt{d})$ pick source positions, and the context $\boldsymbol{c}_t = \sum_j \alpha_{t,j} \boldsymbol{W}_v \boldsymbol{h}_j$ feeds the next decoder step. In B the attention computes $\boldsymbol{h}'_i = \sum_j \operatorname{softmax}_j((\boldsymbol{W}_q \boldsymbol{h}_i)^\top \boldsymbol{W}_k \boldsymbol{h}_j / \sqrt{d}) \boldsymbol{W}_v \boldsymbol{h}_j$, one vector per *source* position; the decoder receives their average in the slot of $\boldsymbol{c}_t$, the same at every step. (Pairing decoder step $t$ with $\boldsymbol{h}'_t$ would need source and target of equal length and a known alignment, which translation does not have.)
+#
+# The experiment: reversing random token sequences (target token $t$ is source token $L-1-t$), a bidirectional GRU encoder and a GRU decoder, the three variants trained alike on lengths 2 to 10 and decoded greedily.
+# - Without attention accuracy falls steadily with length; with decoder-query attention it stays high, and the attention map is the anti-diagonal alignment: its peak sits on the token being emitted or on its right neighbour (whose forward-GRU state read that token one step earlier).
+# - Giving every sentence the encoder summary (the decoder's initial state) of another sentence sends the no-attention model to chance, since the summary carried the whole sentence, while the attention model still emits several times more correct tokens: much of the content now arrives through the per-position encoder states. The summary is still used (for the first steps), so the attention model is hurt too.
+# - The self-attention variant behaves like the model without attention: at the longest length it ends where that model ends, far below decoder-query attention. Its attention weights are close to uniform: with no decoder query there is nothing for them to align, so they settle for an average, a bag-of-tokens summary, the same at every decoder step.
 
 # %%
 VOCAB, SOS = 8, 8  # tokens 0..7, and a start-of-sequence token for the decoder's first input
@@ -75,35 +84,54 @@ class Seq2Seq(nn.Module):
         weights = torch.softmax(self.W_q(queries) @ keys.transpose(1, 2) / math.sqrt(keys.shape[-1]), -1)
         return weights @ values, weights
 
-    def forward(self, src, tgt_in, swap_summary: bool = False):
+    def encode(self, src, swap_summary: bool = False):
+        """Encoder states, the summary (the decoder's initial state), keys and values; for
+        'self', the fixed context (mean of the self-attended states) and its weights."""
         enc, last = self.encoder(self.src_embed(src))
         h = torch.cat([last[0], last[1]], -1).unsqueeze(0)  # the encoder's summary of the sentence
         if swap_summary:  # give every sentence the summary of another sentence
             h = h.roll(1, dims=1)
         keys, values = self.W_k(enc), self.W_v(enc)
-        x = self.tgt_embed(tgt_in)
-        if self.kind == "none":
-            return self.out(self.decoder(x, h)[0]), None
+        context, weights = None, None
         if self.kind == "self":
             mixed, weights = self.attend(enc, keys, values)  # (B, L, H), (B, L, L)
-            context = mixed.mean(1, keepdim=True).expand(-1, x.shape[1], -1)  # same at every step
-            return self.out(self.decoder(torch.cat([x, context], -1), h)[0]), weights
-        outputs, maps = [], []
-        for t in range(x.shape[1]):  # the query is the decoder state, so step by step
+            context = mixed.mean(1, keepdim=True)  # the same at every decoder step
+        return h, keys, values, context, weights
+
+    def step(self, x, h, keys, values, context):
+        """One decoder step on input embeddings x (B, 1, emb): logits, new state, weights."""
+        weights = None
+        if self.kind == "decoder":  # the query is the decoder state
             context, weights = self.attend(h.transpose(0, 1), keys, values)
-            step, h = self.decoder(torch.cat([x[:, t:t + 1], context], -1), h)
-            outputs.append(step)
-            maps.append(weights)
-        return self.out(torch.cat(outputs, 1)), torch.cat(maps, 1)  # maps: (B, T, L)
+        if context is not None:
+            x = torch.cat([x, context.expand(-1, x.shape[1], -1)], -1)
+        out, h = self.decoder(x, h)
+        return self.out(out), h, weights
+
+    def forward(self, src, tgt_in):
+        """Teacher forcing: logits for every target position."""
+        h, keys, values, context, _ = self.encode(src)
+        x = self.tgt_embed(tgt_in)
+        if self.kind != "decoder":  # the decoder's input does not depend on its state
+            return self.step(x, h, keys, values, context)[0]
+        outputs = []
+        for t in range(x.shape[1]):
+            logits, h, _ = self.step(x[:, t:t + 1], h, keys, values, context)
+            outputs.append(logits)
+        return torch.cat(outputs, 1)
 
     @torch.no_grad()
     def translate(self, src, swap_summary: bool = False):
-        """Greedy decoding: feed back the model's own outputs."""
-        tokens = torch.full((src.shape[0], 1), SOS)
+        """Greedy decoding, feeding back the model's own outputs; also the attention maps
+        (B, decoder steps, source positions) or, for 'self', (B, query, key)."""
+        h, keys, values, context, self_maps = self.encode(src, swap_summary)
+        token, tokens, maps = torch.full((src.shape[0], 1), SOS), [], []
         for _ in range(src.shape[1]):
-            logits, maps = self(src, tokens, swap_summary)
-            tokens = torch.cat([tokens, logits[:, -1:].argmax(-1)], 1)
-        return tokens[:, 1:], maps
+            logits, h, weights = self.step(self.tgt_embed(token), h, keys, values, context)
+            token = logits.argmax(-1)
+            tokens.append(token)
+            maps.append(weights)
+        return torch.cat(tokens, 1), (self_maps if self.kind != "decoder" else torch.cat(maps, 1))
 
 
 def reversal_batch(n: int, length: int, g: torch.Generator):
@@ -112,14 +140,14 @@ def reversal_batch(n: int, length: int, g: torch.Generator):
     return src, torch.cat([torch.full((n, 1), SOS), target[:, :-1]], 1), target
 
 
-def train_seq2seq(kind: str, seed: int = 0, steps: int = 300, batch: int = 128):
+def train_seq2seq(kind: str, seed: int = 0, steps: int = 150, batch: int = 128):
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     model = Seq2Seq(kind)
-    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
-    for length in torch.randint(2, 13, (steps,), generator=g).tolist():  # lengths 2..12
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for length in torch.randint(2, 11, (steps,), generator=g).tolist():  # lengths 2..10
         src, tgt_in, target = reversal_batch(batch, length, g)
-        loss = F.cross_entropy(model(src, tgt_in)[0].reshape(-1, VOCAB), target.reshape(-1))
+        loss = F.cross_entropy(model(src, tgt_in).reshape(-1, VOCAB), target.reshape(-1))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -128,12 +156,12 @@ def train_seq2seq(kind: str, seed: int = 0, steps: int = 300, batch: int = 128):
 
 kinds = {"none": "no attention", "decoder": "query = decoder state", "self": "self-attention (encoder)"}
 models = {kind: train_seq2seq(kind) for kind in kinds}
-lengths = (2, 4, 6, 8, 10, 12)
+lengths = (2, 4, 6, 8, 10)
 test = {L: reversal_batch(256, L, torch.Generator().manual_seed(100 + L)) for L in lengths}
-by_length = {k: [(m.translate(test[L][0])[0] == test[L][2]).float().mean().item() for L in lengths]
-             for k, m in models.items()}
-swapped = {k: sum((m.translate(test[L][0], swap_summary=True)[0] == test[L][2]).float().mean().item()
-                  for L in (4, 8)) / 2 for k, m in models.items()}
+token_accuracy = lambda tokens, L: (tokens == test[L][2]).float().mean().item()
+by_length = {k: [token_accuracy(m.translate(test[L][0])[0], L) for L in lengths] for k, m in models.items()}
+swapped = {k: sum(token_accuracy(m.translate(test[L][0], swap_summary=True)[0], L) for L in (4, 8)) / 2
+           for k, m in models.items()}
 print("token accuracy of greedy decoding, by source length (chance 0.125)")
 print(f"{'model':>26} | " + " ".join(f"L={L:<4}" for L in lengths) + " | summary swapped (L = 4, 8)")
 for k, name in kinds.items():
@@ -151,30 +179,42 @@ print(f"query = decoder state: attention peak within one position of the token b
       f"neighbour: {(offset == 1).float().mean():.1%}); mean peak weight {peak_cross:.2f}")
 print(f"self-attention: mean peak weight {peak_self:.2f} (uniform over 8 positions: 0.125)")
 
-fig, (ax_acc, ax_cross, ax_self) = plt.subplots(1, 3, figsize=(10, 3.1))
+fig, (ax_acc, ax_cross, ax_self) = plt.subplots(1, 3, figsize=(11, 3.4), gridspec_kw={"wspace": 0.45})
 for k, name in kinds.items():
     ax_acc.plot(lengths, by_length[k], marker="o", label=name)
+ax_acc.axhline(1 / VOCAB, color="gray", ls=":", label="chance")
 ax_acc.set_xlabel("source length")
-ax_acc.set_ylabel("token accuracy")
+ax_acc.set_ylabel("token accuracy (greedy)")
 ax_acc.legend(fontsize=7)
-ax_cross.imshow(cross_maps[0], cmap="viridis", vmin=0, vmax=1)
-ax_cross.set_title("query = decoder state", fontsize=9)
-ax_cross.set_xlabel("source position")
-ax_cross.set_ylabel("decoder step")
-ax_self.imshow(self_maps[0], cmap="viridis", vmin=0, vmax=1)
-ax_self.set_title("self-attention (any decoder step)", fontsize=9)
-ax_self.set_xlabel("source position (key)")
-ax_self.set_ylabel("source position (query)")
-plt.tight_layout()
+for ax, maps, title, xlabel, ylabel in (
+        (ax_cross, cross_maps, "query = decoder state", "source position", "decoder step"),
+        (ax_self, self_maps, "self-attention (any decoder step)", "source position (key)",
+         "source position (query)")):
+    image = ax.imshow(maps[0], cmap="viridis", vmin=0, vmax=1)
+    ax.set_title(title + "\none sentence of length 8", fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(False)
+fig.colorbar(image, ax=[ax_cross, ax_self], fraction=0.03, label="attention weight")
 plt.show()
 
 acc = {k: dict(zip(lengths, v)) for k, v in by_length.items()}
-assert min(a[4] for a in acc.values()) > 0.9, "short sequences are easy for every variant"
-assert acc["decoder"][12] > acc["none"][12] + 0.25, "attention removes the bottleneck at long lengths"
-assert acc["self"][12] < acc["decoder"][12] - 0.25, "self-attention without decoder queries loses that benefit"
-assert acc["none"][12] < acc["none"][4] - 0.3, "without attention, accuracy falls with length"
-assert aligned > 0.9 and peak_cross > 0.5, "the decoder's attention aligns step t with source position L-1-t"
-assert peak_self < 0.3, "the self-attention weights carry no alignment: close to uniform"
-assert swapped["none"] < 0.2, "without attention, the encoder summary carries the whole sentence"
-assert swapped["decoder"] > swapped["none"] + 0.15, "with attention, content comes from the per-position encoder states"
-assert swapped["self"] < swapped["decoder"] - 0.1, "self-attention variant depends on the summary like no attention"
+check("attn.1.A", "short sequences are easy for every variant (L = 4)", min(a[4] for a in acc.values()),
+      ">", 0.85)
+check("attn.1.A", "without attention, accuracy falls with length (L = 4 to 10)",
+      acc["none"][4] - acc["none"][10], ">", 0.3)
+control("attn.1.A", "with attention, the longest sentences stay far better than without",
+        acc["decoder"][10] - acc["none"][10], ">", 0.25)
+check("attn.1.A", "the decoder's attention aligns step t with source position L-1-t (within one)",
+      aligned, ">", 0.9)
+check("attn.1.A", "... with a peaked, not uniform, weight", peak_cross, ">", 0.5)
+check("attn.1.A", "without attention the summary carries the whole sentence: swapped, near chance",
+      swapped["none"], "<", 0.2)
+check("attn.1.A", "with attention, several times more tokens survive a swapped summary",
+      swapped["decoder"] / swapped["none"], ">", 2)
+check("attn.1.B", "self-attention without decoder queries loses attention's benefit at length 10",
+      acc["decoder"][10] - acc["self"][10], ">", 0.25)
+check("attn.1.B", "... and ends where the model without attention ends",
+      abs(acc["self"][10] - acc["none"][10]), "<", 0.1)
+control("attn.1.B", "the self-attention weights carry no alignment: close to uniform (0.125)",
+        peak_self, "<", 0.3)
