@@ -177,11 +177,77 @@ def test_saddle_point_with_indefinite_hessian(linear_solver):
         lambda y, z: 0.5 * y @ A @ y - z @ y,
         lambda z: torch.linalg.solve(A, z),
         linear_solver=linear_solver,
+        stationary="any",
     )
     z = torch.randn(6, generator=g, dtype=F64, requires_grad=True)
     v = torch.randn(6, generator=g, dtype=F64)
     (dz,) = torch.autograd.grad(layer(z) @ v, z)
     torch.testing.assert_close(dz, torch.linalg.solve(A, v), rtol=1e-8, atol=1e-10)
+    default = argmin_layer(  # a minimum is asked for by default: the saddle is refused
+        lambda y, z: 0.5 * y @ A @ y - z @ y,
+        lambda z: torch.linalg.solve(A, z),
+        linear_solver=linear_solver,
+    )
+    with pytest.raises(DLSummaryError, match="not a minimum.*stationary='any'"):
+        default(z).sum().backward()
+
+
+def spectrum_problem(eigenvalues, seed=2):
+    """1/2 y^T A y - z^T y with A of the given eigenvalues: its stationary point A^-1 z."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(eigenvalues)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    A = q @ torch.diag(torch.tensor(eigenvalues, dtype=F64)) @ q.T
+    return (lambda y, z: 0.5 * y @ A @ y - z @ y), (lambda z: torch.linalg.solve(A, z)), A
+
+
+@pytest.mark.parametrize("linear_solver", ["direct", "minres"])
+def test_maximum_of_a_concave_objective_is_refused_in_the_forward_pass(linear_solver):
+    objective, solver, _ = spectrum_problem([-4.0, -2.0, -1.0, -0.5, -3.0])
+    layer = argmin_layer(objective, solver, linear_solver=linear_solver)
+    z = torch.randn(5, dtype=F64, requires_grad=True)
+    with pytest.raises(DLSummaryError, match=r"not a minimum: the curvature along a random "
+                                             r"direction d is d\^T H d = -[0-9.]+"):
+        layer(z)  # no backward needed
+    negated = argmin_layer(lambda y, z: -objective(y, z), solver, linear_solver=linear_solver)
+    (dz,) = torch.autograd.grad(negated(z).sum(), z)  # control: -f is convex: accepted
+    assert torch.isfinite(dz).all()
+
+
+def test_saddle_with_positive_probe_is_caught_by_each_backward_check():
+    """One negative eigenvalue among 40: the random forward probe sees positive curvature,
+    the Cholesky factorisation (direct) and a negative Ritz value (MINRES) do not pass it."""
+    eigenvalues = [-0.05] + [1.0 + i for i in range(39)]
+    objective, solver, A = spectrum_problem(eigenvalues)
+    z = torch.randn(40, generator=torch.Generator().manual_seed(1), dtype=F64,
+                    requires_grad=True)
+    for linear_solver, evidence in (("direct", "1 negative eigenvalue"),
+                                    ("minres", "negative curvature .smallest Ritz value -")):
+        layer = argmin_layer(objective, solver, linear_solver=linear_solver)
+        y = layer(z)  # the forward probe passes
+        with pytest.raises(DLSummaryError, match=f"not a minimum: .*{evidence}"):
+            y.sum().backward()
+        any_point = argmin_layer(objective, solver, linear_solver=linear_solver,
+                                 stationary="any")
+        (dz,) = torch.autograd.grad(any_point(z).sum(), z)
+        torch.testing.assert_close(dz, torch.linalg.solve(A, torch.ones(40, dtype=F64)),
+                                   rtol=1e-7, atol=1e-9)
+
+
+def test_minres_divergence_names_the_cause():
+    """A singular Hessian with the right-hand side outside its range: no u solves H u = v;
+    the message says MINRES diverged or stalled and why, with the Ritz values."""
+    layer = argmin_layer(
+        lambda y, z: 0.5 * (y[0] - z[0]) ** 2 + 0.5 * 1e-30 * y[1] ** 2,
+        lambda z: torch.stack([z[0], torch.zeros_like(z[0])]),
+        linear_solver="minres",
+    )
+    z = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    with pytest.raises(DLSummaryError) as info:
+        layer(z).sum().backward()
+    message = str(info.value)
+    assert "Ritz values" in message and "singular or nearly so" in message
+    assert "stalled" not in message
 
 
 def test_auto_uses_minres_for_large_problems():
@@ -267,7 +333,7 @@ def test_singular_hessian_is_reported(linear_solver):
     if linear_solver == "direct":
         assert "eigenvalues" in str(info.value)
     else:
-        assert "MINRES" in str(info.value) and "relative residual" in str(info.value)
+        assert "MINRES" in str(info.value) and "Ritz values" in str(info.value)
 
 
 def test_coupled_rows_are_not_a_batch():

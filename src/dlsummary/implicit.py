@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -36,6 +37,7 @@ __all__ = ["ArgminLayer", "argmin_layer", "minres"]
 Objective = Callable[..., torch.Tensor]
 Solver = Callable[..., torch.Tensor]
 LinearSolver = Literal["auto", "direct", "minres"]
+Stationary = Literal["minimum", "any"]
 
 
 def argmin_layer(
@@ -43,10 +45,11 @@ def argmin_layer(
     solver: Solver,
     *,
     linear_solver: LinearSolver = "auto",
-    direct_max_size: int = 64,
+    direct_max_size: int = 256,
     stationarity_tol: float | None = None,
     minres_tol: float | None = None,
     minres_max_iter: int | None = None,
+    stationary: Stationary = "minimum",
 ) -> ArgminLayer:
     """Turn ``y*(*inputs) = argmin_y objective(y, *inputs)`` into a differentiable function.
 
@@ -58,11 +61,20 @@ def argmin_layer(
         solver: ``solver(*inputs)`` returns ``y*``, a stationary point of the objective.
             It runs without recording a graph, so any method works.
         linear_solver: how the backward pass solves ``H u = v``: ``"direct"`` builds each
-            problem's Hessian from Hessian-vector products and factorises it (robust, for
-            small problems); ``"minres"`` runs MINRES on Hessian-vector products (for large
+            problem's Hessian from Hessian-vector products (one vectorised backward pass,
+            ``is_grads_batched``) and factorises it (robust, for small and medium
+            problems); ``"minres"`` runs MINRES on Hessian-vector products (for large
             problems; works for symmetric indefinite Hessians, e.g. saddle points);
             ``"auto"`` picks ``"direct"`` when a problem has at most ``direct_max_size``
             unknowns.
+        stationary: ``"minimum"`` (default): ``y*`` must be a minimum. The curvature is
+            checked where it is cheap: in the forward pass along one random direction
+            (every maximum of a concave objective fails it), and in the backward pass on
+            the whole Hessian with ``"direct"`` (a Cholesky factorisation: it succeeds iff
+            H is positive definite) or, with ``"minres"``, in the Krylov subspace MINRES
+            explored (a negative Ritz value proves a negative eigenvalue; none found is not
+            a proof). ``"any"``: accept any non-degenerate stationary point (saddle points
+            of minimax problems, maxima); the implicit gradient is valid there too.
         stationarity_tol: largest accepted relative residual
             ``|grad_y f(y*)| / max(1, |grad_y f(0)|)`` per problem; the forward pass raises
             ``DLSummaryError`` above it, because the implicit gradient is only as good as
@@ -90,6 +102,10 @@ def argmin_layer(
             f"argmin_layer: linear_solver={linear_solver!r} is not one of "
             "'auto', 'direct', 'minres'."
         )
+    if stationary not in ("minimum", "any"):
+        raise DLSummaryError(
+            f"argmin_layer: stationary={stationary!r} is not one of 'minimum', 'any'."
+        )
     if direct_max_size < 1:
         raise DLSummaryError(f"argmin_layer: direct_max_size must be >= 1, got {direct_max_size}.")
     return ArgminLayer(
@@ -100,6 +116,7 @@ def argmin_layer(
         stationarity_tol=stationarity_tol,
         minres_tol=minres_tol,
         minres_max_iter=minres_max_iter,
+        stationary=stationary,
     )
 
 
@@ -118,6 +135,7 @@ class ArgminLayer:
         stationarity_tol: float | None,
         minres_tol: float | None,
         minres_max_iter: int | None,
+        stationary: Stationary = "minimum",
     ) -> None:
         self.objective = objective
         self.solver = solver
@@ -126,6 +144,7 @@ class ArgminLayer:
         self.stationarity_tol = stationarity_tol
         self.minres_tol = minres_tol
         self.minres_max_iter = minres_max_iter
+        self.stationary = stationary
 
     def __repr__(self) -> str:
         name = getattr(self.objective, "__qualname__", type(self.objective).__name__)
@@ -258,9 +277,17 @@ class _ArgminFunction(torch.autograd.Function):
                 )
                 return torch.zeros_like(v) if hv is None else hv
 
+            def hvp_batched(vs: torch.Tensor) -> torch.Tensor:
+                """H v for a stack of v (first dimension): one vectorised backward pass."""
+                with warnings.catch_warnings():  # ops without a batching rule loop inside
+                    warnings.filterwarnings("ignore", message=".*batching rule.*")
+                    (hv,) = torch.autograd.grad(g, y, grad_outputs=vs, retain_graph=True,
+                                                allow_unused=True, is_grads_batched=True)
+                return torch.zeros_like(vs) if hv is None else hv
+
             if problems > 1:
                 _check_independent(layer, y, hvp, problems)
-            u = _solve_hessian(layer, y, hvp, grad_y.contiguous(), problems)
+            u = _solve_hessian(layer, y, hvp, hvp_batched, grad_y.contiguous(), problems)
             targets = [inputs[i] for i in wanted]
             grads_in = (
                 torch.autograd.grad(g, targets, grad_outputs=-u, allow_unused=True)
@@ -294,24 +321,37 @@ def _per_problem_norm(x: torch.Tensor, problems: int) -> torch.Tensor:
 def _check_stationary(
     layer: ArgminLayer, y_star: torch.Tensor, inputs: Sequence[Any], tol: float
 ) -> None:
-    """Raise when ``y*`` is not a stationary point of the objective (relative residual)."""
+    """Raise when ``y*`` is not a stationary point of the objective (relative residual), or,
+    with ``stationary="minimum"``, when the curvature along a random direction is negative."""
     detached = [x.detach() if isinstance(x, torch.Tensor) else x for x in inputs]
+    probe_curvature = layer.stationary == "minimum"
     with torch.enable_grad():
         y = y_star.clone().requires_grad_(True)
         values = layer._values(y, detached)
         if not values.requires_grad:
             raise _singular_error(layer, y, "the objective does not depend on y")
-        (g,) = torch.autograd.grad(values.sum(), y, allow_unused=True)
+        (g,) = torch.autograd.grad(values.sum(), y, allow_unused=True,
+                                   create_graph=probe_curvature)
+        problems = values.shape[0]
+        curvature = None
+        if g is not None and probe_curvature and g.requires_grad:
+            direction = torch.randn(y.shape, generator=torch.Generator().manual_seed(0),
+                                    dtype=y.dtype).to(y.device)
+            (hv,) = torch.autograd.grad(g, y, grad_outputs=direction, allow_unused=True)
+            if hv is not None:
+                flat_d, flat_hv = direction.reshape(problems, -1), hv.reshape(problems, -1)
+                curvature = ((flat_d * flat_hv).sum(1),
+                             flat_hv.norm(dim=1) * flat_d.norm(dim=1))
         # scale: the gradient at y = 0, the usual starting point (1 where undefined there)
         y0 = torch.zeros_like(y_star).requires_grad_(True)
         try:
             (g0,) = torch.autograd.grad(layer._values(y0, detached).sum(), y0, allow_unused=True)
         except (DLSummaryError, RuntimeError):
             g0 = None
-    problems = values.shape[0]
     if g is None:
         raise _singular_error(layer, y, "the objective does not depend on y")
-    residual = _per_problem_norm(g.detach(), problems)
+    g = g.detach()
+    residual = _per_problem_norm(g, problems)
     scale = torch.ones_like(residual)
     if g0 is not None and torch.isfinite(g0).all():
         scale = torch.clamp(_per_problem_norm(g0.detach(), problems), min=1.0)
@@ -327,6 +367,26 @@ def _check_stationary(
             "solve the inner problem more accurately, check that objective and solver "
             "describe the same problem, or raise stationarity_tol."
         )
+    if curvature is not None:
+        along, bound = (c.detach() for c in curvature)
+        negative = along < -math.sqrt(torch.finfo(y.dtype).eps) * bound
+        if bool(negative.any()):
+            p = int(negative.nonzero()[0])
+            raise _not_a_minimum(
+                layer, y, f"the curvature along a random direction d is d^T H d = "
+                f"{float(along[p]):.3g} < 0", p, problems)
+
+
+def _not_a_minimum(layer: ArgminLayer, y: torch.Tensor, evidence: str, problem: int,
+                   problems: int) -> DLSummaryError:
+    where = f" (problem {problem} of {problems})" if problems > 1 else ""
+    return DLSummaryError(
+        f"argmin_layer: solver {_name(layer.solver)} returned a stationary point of objective "
+        f"{_name(layer.objective)} (y of shape {tuple(y.shape)}) that is not a minimum: "
+        f"{evidence}{where}, so it is a maximum or a saddle point. Check the objective's "
+        "sign (to maximise g, minimise -g), or pass stationary='any' if a saddle point or "
+        "maximum is what the layer should return."
+    )
 
 
 def _check_independent(
@@ -363,6 +423,7 @@ def _solve_hessian(
     layer: ArgminLayer,
     y: torch.Tensor,
     hvp: Callable[[torch.Tensor], torch.Tensor],
+    hvp_batched: Callable[[torch.Tensor], torch.Tensor],
     rhs: torch.Tensor,
     problems: int,
 ) -> torch.Tensor:
@@ -373,19 +434,41 @@ def _solve_hessian(
         method = "direct" if size <= layer.direct_max_size else "minres"
     _, mtol = layer._tolerances(y.dtype)
     if method == "direct":
-        return _direct_solve(layer, y, hvp, rhs, problems, size)
+        return _direct_solve(layer, y, hvp, hvp_batched, rhs, problems, size)
     max_iter = layer.minres_max_iter or max(20, 10 * size)
-    u, rel, iters = minres(hvp, rhs, problems=problems, tol=mtol, max_iter=max_iter)
+    u, rel, iters, ritz = _minres(hvp, rhs, problems=problems, tol=mtol, max_iter=max_iter)
+    eps = torch.finfo(y.dtype).eps
+    magnitude = ritz.abs()
+    largest = magnitude.max(dim=1).values
+    if layer.stationary == "minimum":
+        negative = ritz.min(dim=1).values < -math.sqrt(eps) * largest
+        if bool(negative.any()):
+            p = int(negative.nonzero()[0])
+            raise _not_a_minimum(
+                layer, y, f"MINRES's Krylov subspace holds a direction of negative curvature "
+                f"(smallest Ritz value {float(ritz[p].min()):.3g}; H's smallest eigenvalue is "
+                "at most that)", p, problems)
     if not torch.isfinite(u).all() or float(rel.max()) > 1e3 * mtol:
         worst = int(torch.nan_to_num(rel, nan=math.inf).argmax())
-        raise _singular_error(
-            layer,
-            y,
-            f"MINRES on Hessian-vector products stalled at relative residual "
-            f"{float(rel[worst]):.3g} after {iters} iterations (problem {worst}); the Hessian "
-            "is singular or badly conditioned. Try linear_solver='direct' to see its "
-            "eigenvalues",
-        )
+        where = f" (problem {worst} of {problems})" if problems > 1 else ""
+        smallest = float(magnitude[worst].min())
+        big = float(largest[worst])
+        spread = (f"its Ritz values (estimates of H's eigenvalues) range in magnitude from "
+                  f"{smallest:.3g} to {big:.3g}")
+        if not math.isfinite(float(rel[worst])) or float(rel[worst]) > 1:
+            what = (f"MINRES on Hessian-vector products diverged{where}: after {iters} "
+                    f"iterations its answer u has |H u - v| = {float(rel[worst]):.3g} |v|, "
+                    f"worse than u = 0; {spread}")
+        else:
+            what = (f"MINRES on Hessian-vector products reached only relative residual "
+                    f"{float(rel[worst]):.3g} (tolerance {mtol:.3g}) in {iters} "
+                    f"iterations{where}; {spread}")
+        if smallest > big * eps * size * 10:  # well conditioned: it only needs more steps
+            raise DLSummaryError(
+                f"argmin_layer: {what}. Raise minres_max_iter (now {max_iter}) or use "
+                "linear_solver='direct'."
+            )
+        raise _singular_error(layer, y, what + ": the Hessian is singular or nearly so")
     return u
 
 
@@ -393,24 +476,44 @@ def _direct_solve(
     layer: ArgminLayer,
     y: torch.Tensor,
     hvp: Callable[[torch.Tensor], torch.Tensor],
+    hvp_batched: Callable[[torch.Tensor], torch.Tensor],
     rhs: torch.Tensor,
     problems: int,
     size: int,
 ) -> torch.Tensor:
     """Build each problem's Hessian from ``size`` HVPs (probe e_j in every problem at once:
-    the Hessian is block-diagonal), check that it is invertible, then factorise it."""
+    the Hessian is block-diagonal; all probes in one vectorised backward pass where the
+    objective's operations allow it), check it, then factorise it: Cholesky for a minimum
+    (it succeeds iff H is positive definite), else LU after an eigenvalue check."""
     basis = torch.eye(size, dtype=y.dtype, device=y.device)
-    columns = torch.stack(
-        [hvp(e.expand(problems, size).reshape(y.shape)).reshape(problems, size) for e in basis]
-    )
+    probes = basis[:, None, :].expand(size, problems, size).reshape(size, *y.shape)
+    try:
+        columns = hvp_batched(probes).reshape(size, problems, size)
+    except RuntimeError:  # no vmap through some operation: one probe at a time
+        columns = torch.stack([hvp(v) for v in probes]).reshape(size, problems, size)
     hessian = columns.permute(1, 2, 0)  # (P, size, size): [p, i, j] = d2f/dyi dyj
     hessian = 0.5 * (hessian + hessian.transpose(1, 2))
+    eps = torch.finfo(y.dtype).eps
+    b = rhs.reshape(problems, size, 1)
+    if layer.stationary == "minimum" and bool(torch.isfinite(hessian).all()):
+        factor, info = torch.linalg.cholesky_ex(hessian)
+        pivots = torch.diagonal(factor, dim1=1, dim2=2) ** 2  # a lower bound on cond: ratio
+        conditioned = pivots.min(dim=1).values > pivots.max(dim=1).values * eps * size * 10
+        if bool(((info == 0) & conditioned).all()):
+            return torch.cholesky_solve(b, factor).reshape(y.shape)
     eigenvalues = torch.linalg.eigvalsh(hessian)
     magnitude = eigenvalues.abs()
     largest = magnitude.max(dim=1).values
     smallest = magnitude.min(dim=1).values
-    eps = torch.finfo(y.dtype).eps
     singular = ~torch.isfinite(largest) | (smallest <= largest * eps * size * 10) | (largest == 0)
+    negative = (eigenvalues < -largest[:, None] * eps * size * 10).sum(1)
+    if layer.stationary == "minimum" and bool((negative > 0).any()):
+        p = int((negative > 0).nonzero()[0])
+        kind = "all of them: a maximum" if int(negative[p]) == size else "a saddle point"
+        raise _not_a_minimum(
+            layer, y, f"the Hessian has {int(negative[p])} negative eigenvalue(s) of {size} "
+            f"({kind}; eigenvalues from {float(eigenvalues[p].min()):.3g} to "
+            f"{float(eigenvalues[p].max()):.3g})", p, problems)
     if bool(singular.any()):
         p = int(singular.nonzero()[0])
         where = f" (problem {p} of {problems})" if problems > 1 else ""
@@ -420,7 +523,7 @@ def _direct_solve(
             f"eigenvalues of |H| range from {float(smallest[p]):.3g} to "
             f"{float(largest[p]):.3g}{where}",
         )
-    u = torch.linalg.solve(hessian, rhs.reshape(problems, size, 1))
+    u = torch.linalg.solve(hessian, b)
     return u.reshape(y.shape)
 
 
@@ -438,6 +541,20 @@ def minres(
     ``problems`` blocks are the rows of ``rhs`` reshaped to ``(problems, -1)`` and are solved
     side by side. Returns ``(x, relative_residuals, iterations)``.
     """
+    x, rel, iters, _ = _minres(matvec, rhs, problems=problems, tol=tol, max_iter=max_iter)
+    return x, rel, iters
+
+
+def _minres(
+    matvec: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    *,
+    problems: int,
+    tol: float,
+    max_iter: int,
+) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """:func:`minres`, also returning each problem's Ritz values, shape (problems, k): the
+    eigenvalues of the Lanczos matrix, which lie between H's extreme eigenvalues."""
     shape = rhs.shape
     b = rhs.reshape(problems, -1)
 
@@ -461,11 +578,17 @@ def minres(
     tiny = torch.finfo(b.dtype).tiny
     active = ~zero_rhs
     iters = 0
+    alphas: list[torch.Tensor] = []
+    betas: list[torch.Tensor] = []
+    lanczos: list[torch.Tensor] = []  # was the problem still iterating at this step?
     for iters in range(1, max_iter + 1):  # noqa: B007 - returned
         av = op(v)
         alpha = (v * av).sum(dim=1)
         v_new = av - alpha[:, None] * v - beta[:, None] * v_old
         beta_new = v_new.norm(dim=1)
+        alphas.append(alpha)
+        betas.append(beta_new)
+        lanczos.append(active)
         eps_k = s_old * beta
         delta_tmp = c_old * beta
         delta = c * delta_tmp + s * alpha
@@ -490,4 +613,21 @@ def minres(
     # report the true residual, not the recurrence's estimate
     true_rel = (b - op(x)).norm(dim=1) / safe
     true_rel = torch.where(zero_rhs, torch.zeros_like(true_rel), true_rel)
-    return x.reshape(shape), true_rel, iters
+    return x.reshape(shape), true_rel, iters, _ritz_values(alphas, betas, lanczos)
+
+
+def _ritz_values(alphas: list[torch.Tensor], betas: list[torch.Tensor],
+                 lanczos: list[torch.Tensor]) -> torch.Tensor:
+    """Eigenvalues of each problem's Lanczos tridiagonal matrix, (problems, k), ascending.
+    Steps after a problem stopped are replaced by a decoupled copy of its first diagonal
+    entry, a Ritz value already present, so they add none."""
+    alpha = torch.stack(alphas, dim=1)  # (P, k)
+    beta = torch.stack(betas, dim=1)
+    used = torch.stack(lanczos, dim=1)
+    alpha = torch.where(used, alpha, alpha[:, :1])
+    off = torch.where(used[:, 1:], beta[:, :-1], torch.zeros_like(beta[:, :-1]))
+    finite = torch.isfinite(alpha).all(1) & torch.isfinite(off).all(1)
+    alpha = torch.where(finite[:, None], alpha, torch.zeros_like(alpha))
+    off = torch.where(finite[:, None], off, torch.zeros_like(off))
+    tridiagonal = torch.diag_embed(alpha) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    return torch.linalg.eigvalsh(tridiagonal)
