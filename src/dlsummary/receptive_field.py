@@ -1697,10 +1697,24 @@ class _SumPool(nn.Module):
         return y[(slice(None), slice(None), *(slice(0, s) for s in sizes))]
 
 
+class _Nudged(nn.Module):
+    """``x + 0.001 norm(x)``: the normalisation's gradient footprint (global where its
+    statistics span positions), but values that stay positive, so that a functional ReLU
+    after it cannot hide a pixel as a sign-changing normalisation would."""
+
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1e-3 * self.norm(x)
+
+
 def _faithful_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of ``model`` whose gradient footprint is exactly its geometric one: positive
     random weights (seeded; no symmetry can cancel a gradient), zero biases, max pooling as
-    average pooling of the same geometry, element-wise layers as identities."""
+    average pooling of the same geometry, element-wise layers as identities, normalisations
+    nudged to keep values positive."""
     clone = copy.deepcopy(model).to(dtype=dtype).eval()
     replacements = []
     for name, m in clone.named_modules():
@@ -1708,6 +1722,8 @@ def _faithful_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
             replacements.append((name, _SumPool(m, int(type(m).__name__[-2]))))
         elif isinstance(m, _ELEMENTWISE_MODULES) and not isinstance(m, nn.ChannelShuffle):
             replacements.append((name, nn.Identity()))
+        elif isinstance(m, _NORM_GLOBAL):
+            replacements.append((name, _Nudged(m)))
         elif isinstance(m, _ADAPTIVE) and "Max" in type(m).__name__ and not m.return_indices:
             avg = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
             replacements.append((name, avg[int(type(m).__name__[-2]) - 1](m.output_size)))
