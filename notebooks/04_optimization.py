@@ -292,7 +292,7 @@ control("opt.2.B", "counting every save instead would inflate the figure by over
 # - $B\gg B_{\text{noise}}$: the gradient is nearly exact, the step is capped by the curvature, and $n\to n_{\min}$, the number of GD steps; doubling $B$ only doubles the work per iteration.
 # - Learning rate unchanged: the expected step is the same and only its noise drops, so the iterations do not increase. Constant-step SGD stalls at a noise floor proportional to $\eta/B$; if $l_0$ lies near or below the floor of $B$, batch $B$ takes very long (or never arrives) while $2B$ arrives: then the iterations, and even the compute, fall by more than half. Otherwise they change little.
 #
-# On a GPU that batch $B$ did not saturate, the wall time per iteration grows by less than $2\times$, so the time to $l_0$ can fall almost in proportion to the iterations. $B_{\text{noise}}$ grows as the loss falls, so a lower $l_0$ rewards larger batches for longer. Beyond the question: very large batches need a learning-rate warm-up, and may generalise somewhat worse (neither is measured here).
+# On a GPU that batch $B$ did not saturate, the wall time per iteration grows by less than $2\times$, so the time to $l_0$ can fall almost in proportion to the iterations (not measured here). $B_{\text{noise}}$ grows as the loss falls (here it doubles from the start to $l_0$), so a lower $l_0$ rewards larger batches for longer. Beyond the question: very large batches need a learning-rate warm-up, and may generalise somewhat worse (neither is measured here).
 #
 # **The experiment** runs mini-batch SGD on a noisy least-squares problem, 8 seeds per setting, and counts the iterations until the loss is within 2 % of its initial excess over the minimum, for $B=1,\dots,1024$: once with the learning rate re-tuned for every $B$ from a grid of powers of two (the rescaling is found, not assumed), and once with the rate tuned for $B=4$ kept for all $B$. The counts follow $n_{\min}(1+B_{\text{noise}}/B)$ with $B_{\text{noise}}\approx 17$ computed from the gradient statistics. With re-tuning, doubling $B$ about halves the iterations and doubles the best rate up to the knee; the samples processed grow only 1.5-fold from $B=1$ to $B=16$; past the knee the iterations stay flat, the best rate stays at $1/\lambda_{\max}$ (at $2/\lambda_{\max}$ no run reaches $l_0$) and the samples processed grow $\propto B$. With the rate fixed, the iterations never increase; $B=2$ does not reach $l_0$ at that rate within 1000 iterations (its noise floor lies above it) while $B=4$ needs 35; past the knee they barely move.
 
@@ -349,6 +349,9 @@ w_t = W3 * (1 - math.sqrt(TARGET / float(excess3(torch.zeros(D3)))))
 g_i = X3 * (X3 @ w_t - Y3)[:, None]
 G = g_i.mean(0)
 b_noise = float(torch.trace(H3 @ torch.cov(g_i.T, correction=0)) / (G @ H3 @ G))
+g_start = X3 * (X3 @ torch.zeros(D3) - Y3)[:, None]  # the same at the start, w = 0
+G_start = g_start.mean(0)
+b_noise_start = float(torch.trace(H3 @ torch.cov(g_start.T, correction=0)) / (G_start @ H3 @ G_start))
 bs = torch.tensor(batches, dtype=torch.float32)
 model_curve = tuned[-1] * (1 + b_noise / bs)             # n_min (1 + B_noise / B)
 
@@ -371,7 +374,7 @@ def fmt(v: float) -> str:
     return f"{v:.2f}" if math.isfinite(v) and v > 0 else "-"
 
 
-print(f"B_noise at the target = {b_noise:.1f}")
+print(f"B_noise at the target = {b_noise:.1f}, at the start = {b_noise_start:.2f}")
 print(f"{'B':>5} {'best lr':>8} {'iters':>7} {'model':>6} {'2B/B':>5} {'iters (fixed lr)':>17} {'2B/B':>5}")
 ratio_t = tuned[1:] / tuned[:-1]
 ratio_f = fixed[1:] / fixed[:-1]
@@ -388,6 +391,8 @@ samples_t = tuned * bs
 check("opt.3", "the sweep covers both regimes (doublings below B_noise / 2 and above 4 B_noise)",
       min(len(small), len(large)), ">=", 2)
 check("opt.3", "B_noise computed from the gradient statistics is about 17", b_noise, "~", 17, rel=0.1)
+check("opt.3", "B_noise grows as the loss falls: it about doubles from the start to l_0 (at the target / at the start)",
+      b_noise / b_noise_start, "~", 2, rel=0.2)
 check("opt.3", "iterations follow n_min (1 + B_noise/B) (largest relative deviation)",
       float(((tuned - model_curve) / model_curve).abs().max()), "<", 0.25)
 check("opt.3", "below the critical batch, doubling B (lr re-tuned) about halves the iterations (largest 2B/B)",
@@ -683,9 +688,9 @@ control("opt.4.F", "on a round bowl (kappa = 1) momentum is as fast as Newton (i
 # **Answer:** **False.** Backpropagation needs only the Jacobian $\partial\boldsymbol{y}^*/\partial\boldsymbol{z}$. The optimality condition $\nabla_{\boldsymbol{y}}f(\boldsymbol{y}^*(\boldsymbol{z}),\boldsymbol{z})=\boldsymbol{0}$ holds for every $\boldsymbol{z}$; if $\boldsymbol{H}=\nabla^2_{\boldsymbol{y}\boldsymbol{y}}f$ is invertible, the implicit function theorem makes $\boldsymbol{y}^*$ differentiable, and differentiating the condition gives $\boldsymbol{H}\,\frac{\partial\boldsymbol{y}^*}{\partial\boldsymbol{z}}+\nabla^2_{\boldsymbol{y}\boldsymbol{z}}f=\boldsymbol{0}$, so $\frac{\partial\boldsymbol{y}^*}{\partial\boldsymbol{z}}=-\boldsymbol{H}^{-1}\nabla^2_{\boldsymbol{y}\boldsymbol{z}}f$ at $(\boldsymbol{y}^*,\boldsymbol{z})$. The backward pass is $\frac{\partial\mathcal{L}}{\partial\boldsymbol{z}}=-(\nabla^2_{\boldsymbol{y}\boldsymbol{z}}f)^\top\boldsymbol{u}$ with $\boldsymbol{H}\boldsymbol{u}=\frac{\partial\mathcal{L}}{\partial\boldsymbol{y}^*}$. Only the solution enters, not how it was found: a closed form, bisection, an interior-point or black-box solver all work, provided the point is truly stationary and $\boldsymbol{H}$ is invertible.
 
 # %% [markdown]
-# **Why, in detail.** Every quantity in the formula is evaluated at $(\boldsymbol{y}^*,\boldsymbol{z})$: the solver's iterations never appear. Gradients for parameters $\boldsymbol{\phi}$ of the inner problem come the same way, with $\nabla^2_{\boldsymbol{y}\boldsymbol{\phi}}f$ in place of $\nabla^2_{\boldsymbol{y}\boldsymbol{z}}f$; the linear solve can be direct, or conjugate gradients/MINRES with Hessian-vector products. Ridge regression, $\boldsymbol{y}^*=(\boldsymbol{X}^\top\boldsymbol{X}+\lambda\boldsymbol{I})^{-1}\boldsymbol{X}^\top\boldsymbol{t}$, is an inner problem solved in closed form. The conditions are (i) a point that really is stationary (the gradient's error grows with the residual $\nabla_{\boldsymbol{y}}f(\boldsymbol{y}^*)$), (ii) an invertible Hessian there, without which $\boldsymbol{y}^*$ need not be unique or differentiable (a linear program's solution jumps between vertices), and (iii) for constrained problems, the KKT conditions in place of $\nabla_{\boldsymbol{y}}f=\boldsymbol{0}$ (as in OptNet). Only *unrolling*, backpropagating through the solver's iterations, depends on the solver, and needs a differentiable iterative one.
+# **Why, in detail.** Every quantity in the formula is evaluated at $(\boldsymbol{y}^*,\boldsymbol{z})$: the solver's iterations never appear. Gradients for parameters $\boldsymbol{\phi}$ of the inner problem come the same way, with $\nabla^2_{\boldsymbol{y}\boldsymbol{\phi}}f$ in place of $\nabla^2_{\boldsymbol{y}\boldsymbol{z}}f$; the linear solve can be direct, or conjugate gradients/MINRES with Hessian-vector products. Ridge regression, $\boldsymbol{y}^*=(\boldsymbol{X}^\top\boldsymbol{X}+\lambda\boldsymbol{I})^{-1}\boldsymbol{X}^\top\boldsymbol{t}$, is an inner problem solved in closed form. The conditions are (i) a point that really is stationary (the gradient's error grows with the residual $\nabla_{\boldsymbol{y}}f(\boldsymbol{y}^*)$), (ii) an invertible Hessian there, without which $\boldsymbol{y}^*$ need not be unique or differentiable (a linear program's solution jumps between vertices; not measured here), and (iii) for constrained problems, the KKT conditions in place of $\nabla_{\boldsymbol{y}}f=\boldsymbol{0}$ (as in OptNet). Only *unrolling*, backpropagating through the solver's iterations, depends on the solver, and needs a differentiable iterative one.
 #
-# **The experiment.** `dlsummary.argmin_layer` implements the formula. A digits classifier has a hidden layer $\boldsymbol{y}^*(\boldsymbol{z},\lambda)=\operatorname{argmin}_{\boldsymbol{y}}\sum_j\left[\frac{1}{2}(y_j-z_j)^2+\lambda\log\cosh y_j\right]$, a smooth shrinkage with learnable strength $\lambda>0$, solved by *bisection* on $y_j-z_j+\lambda\tanh y_j=0$, which uses only the sign of the derivative and is no descent method. Its implicit gradient agrees with finite differences and with the closed form $\partial y_j^*/\partial z_j=1/(1+\lambda\operatorname{sech}^2y_j^*)$. Two controls: backpropagating through the bisection steps gives a wrong gradient, and stopping the bisection after 5 steps (a point that is not stationary) makes the implicit gradient wrong too. The network trains end to end, $\lambda$ included, and its gradient for $\lambda$ matches a finite difference.
+# **The experiment.** `dlsummary.argmin_layer` implements the formula. A digits classifier has a hidden layer $\boldsymbol{y}^*(\boldsymbol{z},\lambda)=\operatorname{argmin}_{\boldsymbol{y}}\sum_j\left[\frac{1}{2}(y_j-z_j)^2+\lambda\log\cosh y_j\right]$, a smooth shrinkage with learnable strength $\lambda>0$, solved by *bisection* on $y_j-z_j+\lambda\tanh y_j=0$, which uses only the sign of the derivative and is no descent method. Its implicit gradient agrees with finite differences and with the closed form $\partial y_j^*/\partial z_j=1/(1+\lambda\operatorname{sech}^2y_j^*)$. A ridge-regression layer solved in closed form gets the same gradient as autograd through the formula. Two controls: backpropagating through the bisection steps gives a wrong gradient, and stopping the bisection after 5 steps (a point that is not stationary) makes the implicit gradient wrong too. The network trains end to end, $\lambda$ included, and its gradient for $\lambda$ matches a finite difference.
 
 # %%
 def shrink_objective(y: torch.Tensor, z: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -738,6 +743,17 @@ control("opt.5", "differentiating through the bisection steps instead gives a wr
 control("opt.5", "at a point that is not stationary (bisection stopped after 5 steps) the implicit gradient is wrong",
         float((dz_sloppy - analytic).abs().max()), ">", 1e-3)
 check("opt.5", "so the layer refuses a non-stationary solution by default", refused, "==", True)
+
+# a closed-form inner problem: ridge regression y* = (A^T A + I)^-1 A^T t, solved by one linear solve
+A = torch.randn(6, 3, dtype=torch.float64)
+ridge_objective = lambda y, t: 0.5 * ((A @ y - t) ** 2).sum() + 0.5 * (y**2).sum()  # noqa: E731
+ridge_closed_form = lambda t: torch.linalg.solve(A.T @ A + torch.eye(3, dtype=A.dtype), A.T @ t)  # noqa: E731
+ridge = argmin_layer(ridge_objective, ridge_closed_form)
+t_in = torch.randn(6, dtype=torch.float64, requires_grad=True)
+(dt_implicit,) = torch.autograd.grad((ridge(t_in) * torch.arange(1.0, 4.0, dtype=A.dtype)).sum(), t_in)
+(dt_direct,) = torch.autograd.grad((ridge_closed_form(t_in) * torch.arange(1.0, 4.0, dtype=A.dtype)).sum(), t_in)
+check("opt.5", "with a closed-form solver the implicit gradient equals autograd through the formula (largest abs error)",
+      float((dt_implicit - dt_direct).abs().max()), "<", 1e-10)
 
 # 2) a network with the layer, trained end to end on digits; its backward pass solves
 # H u = v by MINRES on Hessian-vector products (faster here than building H)
@@ -838,7 +854,6 @@ for _ in range(50):
 print(f"d y20/d y0 through 20 sigmoids: {float(d_sigmoid):.2e} (bound 4^-20 = {0.25**20:.2e})")
 print(f"d y50/d y0 through 50 doublings: {float(d_double):.3e} (= 2^50, by arithmetic)")
 check("opt.6.C", "20 sigmoids: the derivative stays below the bound 4^-20 = 9e-13", float(d_sigmoid), "<=", 0.25**20)
-control("opt.6.C", "50 doublings: the derivative is about 1e15 (log10)", math.log10(float(d_double)), "~", 15, tol=0.1)
 
 # C, real networks: 20-layer MLPs on digits, measured with dlsummary.gradient_flow.
 seed_everything(6)
