@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from dlsummary import argmin_layer, digits, gradient_flow, plot_style, seed_everything
-from dlsummary.evidence import check, control
 from dlsummary.errors import DLSummaryError
+from dlsummary.evidence import check, control
 from dlsummary.gradients import check_gradients
 
 plot_style()
