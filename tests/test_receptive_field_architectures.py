@@ -667,3 +667,27 @@ def test_channels_last_mean_without_keepdim_is_local():
 
     rf = receptive_field(ChannelMean(), (1, 1, 12, 12))
     assert rf.size == (3, 3) and rf.output_size == (10, 10)
+
+
+def test_flatten_and_back_and_attention():
+    class Tokens(nn.Module):
+        """Spatial axes flattened into tokens, then back (a ViT-style hybrid block)."""
+
+        def __init__(self, attend):
+            super().__init__()
+            self.conv, self.qkv, self.attend = nn.Conv2d(3, 8, 3), nn.Linear(8, 24), attend
+
+        def forward(self, x):
+            y = self.conv(x)
+            b, c, h, w = y.shape
+            tokens = y.flatten(2).transpose(1, 2)
+            if self.attend:
+                q, k, v = self.qkv(tokens).chunk(3, dim=-1)
+                tokens = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+            return tokens.transpose(1, 2).reshape(b, c, h, w) + y
+
+    assert receptive_field(Tokens(attend=False), (1, 3, 16, 16)).size == (3, 3)
+    rf = receptive_field(Tokens(attend=True), (1, 3, 16, 16))
+    assert rf.is_global, "attention over all tokens sees the whole image"
+    emp = empirical_receptive_field(Tokens(attend=True), (1, 3, 16, 16))
+    assert emp.bbox == ((0, 16), (0, 16))

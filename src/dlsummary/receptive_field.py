@@ -558,6 +558,15 @@ class _Tracer(fx.Tracer):
                         f"receptive_field cannot analyse {self._describe(kind, target)}"
                         f"{_where()}: {err}. Supported: {SUPPORTED}."
                     ) from None
+                except (_Failed, RecursionError):
+                    raise
+                except Exception as err:  # a form of call the rules did not foresee
+                    raise _Failed(
+                        f"receptive_field cannot analyse {self._describe(kind, target)}"
+                        f"{_where()}: its arguments take a form the analysis does not know "
+                        f"({type(err).__name__}: {err}); analyse the part of the model "
+                        "before it, or use fallback='measure' (CLI: --measure)"
+                    ) from None
         return proxy
 
     def _meta_of(self, a: Any) -> Any:
@@ -667,6 +676,8 @@ class _Tracer(fx.Tracer):
 
     # ---------------------------------------------------------------- the rules
     def _geometry(self, node, kind, target, args, gargs, gkwargs, margs, mkwargs, value):  # noqa: C901
+        if not isinstance(value, (torch.Tensor, tuple, list)):
+            return None  # a shape, a flag, an assertion: no pixels flow through it
         g = gargs[0] if gargs and isinstance(gargs[0], (_Geo, _GeoSeq)) else None
         x = margs[0] if margs else None
         if kind == "call_module":
