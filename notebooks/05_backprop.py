@@ -506,8 +506,8 @@ print(f"{loss=}")
 # %% [markdown]
 # **Answer:**
 #
-# **A.** Perturb each entry of the very tensor that the loss reads, in place and restored
-# afterwards (perturbing a copy changes nothing), and store the central quotient:
+# **A.** Perturb each entry of the tensor the loss reads, in place, restore it, and store the
+# central quotient (perturbing a copy would change nothing):
 # ```python
 # def numerical_grad(loss_fn, param, eps=1e-6):
 #     grad = torch.zeros_like(param)
@@ -529,10 +529,9 @@ print(f"{loss=}")
 #
 # **B.** `autograd_W, autograd_b = torch.autograd.grad(foo(W, b), (W, b))`.
 #
-# **C.** `assert torch.allclose(grad_W, autograd_W)` and
-# `assert torch.allclose(grad_b, autograd_b)` both pass. $L$ is linear in $W$ and $b$, so the
-# quotient has no truncation error, only round-off of order $u|L|/\epsilon \approx
-# 2\times10^{-10}$; both agree with the exact gradients
+# **C.** `torch.allclose(grad_W, autograd_W)` and `torch.allclose(grad_b, autograd_b)` are
+# both `True`: $L$ is linear in $W$ and $b$, so only round-off ($u|L|/\epsilon \approx
+# 2\times10^{-10}$) separates them from the exact
 # $$\frac{\partial L}{\partial W_{jk}} = \dfrac{1}{Nd}\sum_{n} X_{nj}, \qquad \frac{\partial L}{\partial b_k} = \dfrac{1}{d}.$$
 
 # %% [markdown]
@@ -544,8 +543,8 @@ print(f"{loss=}")
 # $u|L|/\epsilon$ with $u = 2^{-53}\approx 1.1\times10^{-16}$, $|L|\approx 1.8$ and
 # $\epsilon = 10^{-6}$: about $2\times10^{-10}$, which the measurement reproduces; since
 # nothing is lost to truncation for a linear loss, a *larger* step is more accurate here
-# (the second control). The library's batched `numerical_gradient` and `check_gradients`
-# give the same result without a Python loop.
+# (the second control). `dlsummary.numerical_gradient` (batched, no Python loop) and
+# `dlsummary.check_gradients` give the same result.
 
 # %%
 # A. Numerical gradients: perturb W and b themselves, one entry at a time
@@ -604,7 +603,7 @@ control("backprop.3.C", "and torch.allclose rejects that gradient",
         torch.allclose(copy_W, autograd_W), "==", False)
 
 batched_W, batched_b = numerical_gradient(foo, W, b)
-check("backprop.3.C", "the library's batched numerical_gradient agrees with autograd",
+check("backprop.3.C", "dlsummary.numerical_gradient (batched) agrees with autograd",
       max(relative_error(batched_W, autograd_W), relative_error(batched_b, autograd_b)),
       "<", 1e-8)
 gradient_check = check_gradients(foo, W, b, names=["W", "b"])
