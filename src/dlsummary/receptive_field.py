@@ -508,9 +508,17 @@ class _Tracer(fx.Tracer):
         self.declared_names = {e for e in elementwise if isinstance(e, str)}
         self.declared_modules = tuple(e for e in elementwise if isinstance(e, type))
         self.names = {id(m): name for name, m in model.named_modules()}
+        self._modules_by_name: dict[str, nn.Module] = {}
+        self._known_types: set[type] = set()
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ShapeProxy(node, self)
+
+    def _submodule(self, target: str) -> nn.Module:
+        m = self._modules_by_name.get(target)
+        if m is None:
+            m = self._modules_by_name[target] = self.root.get_submodule(target)
+        return m
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.declared_modules and isinstance(m, self.declared_modules):
@@ -581,7 +589,7 @@ class _Tracer(fx.Tracer):
 
     def _describe(self, kind: str, target: Any) -> str:
         if kind == "call_module":
-            m = self.root.get_submodule(target)
+            m = self._submodule(target)
             name = self.names.get(id(m), str(target)) or "(the model)"
             return f"module '{name}' ({type(m).__module__}.{type(m).__qualname__})"
         return f"the call {_target_name(target)!r}"
@@ -603,7 +611,7 @@ class _Tracer(fx.Tracer):
             return _to_meta(obj)
         try:
             if kind == "call_module":
-                m = self.root.get_submodule(target)
+                m = self._submodule(target)
                 self._check_module(target, m)
                 x = margs[0] if len(margs) == 1 and not mkwargs else None
                 if isinstance(x, torch.Tensor):
@@ -642,8 +650,11 @@ class _Tracer(fx.Tracer):
         return None
 
     def _check_module(self, target: str, m: nn.Module) -> None:
+        if type(m) in self._known_types:
+            return
         if isinstance(m, _KNOWN_MODULES) or (
                 self.declared_modules and isinstance(m, self.declared_modules)):
+            self._known_types.add(type(m))
             return
         raise _Failed(
             f"receptive_field cannot analyse {self._describe('call_module', target)}"
@@ -658,7 +669,7 @@ class _Tracer(fx.Tracer):
     def _record(self, node: fx.Node, kind: str, geo: Any, kernel=None, stride=None,
                 dilation=None, padding=None) -> None:
         if node.op == "call_module":
-            m = self.root.get_submodule(node.target)
+            m = self._submodule(node.target)
             name = self.names.get(id(m), str(node.target)) or "(the model)"
         else:
             name = node.name
@@ -681,7 +692,7 @@ class _Tracer(fx.Tracer):
         g = gargs[0] if gargs and isinstance(gargs[0], (_Geo, _GeoSeq)) else None
         x = margs[0] if margs else None
         if kind == "call_module":
-            return self._module_rule(node, self.root.get_submodule(target), g, x, margs,
+            return self._module_rule(node, self._submodule(target), g, x, margs,
                                      mkwargs, gargs, value)
         name = _target_name(target)
         if kind == "call_function" and target is operator.getitem:
@@ -1104,7 +1115,7 @@ class _Tracer(fx.Tracer):
                 layout if value.shape[a] == x.shape[a] else _none_layout(value.shape[a])
                 for a, layout in enumerate(out.axes)), out.why)
         if which:
-            label = self.names.get(id(self.root.get_submodule(node.target)), node.target) \
+            label = self.names.get(id(self._submodule(node.target)), node.target) \
                 if node.op == "call_module" else node.name
             self.notes.append(
                 f"'{label}' ({kind}) {verb} spatial positions of the same sample (spatial dims "
