@@ -291,7 +291,7 @@ styles = {"plain": "o-", "stride 2": "s--", "dilation 2^l": "o-", "dilation 2 (c
 labels = {"dilation 2^l": "dilation $2^{l-1}$", "stride 2": "stride 2 (same as dilation $2^{l-1}$)"}
 for kind in kinds:
     axes[0].plot(range(1, 5), table[kind]["rf per layer"], styles[kind],
-                 label=labels.get(kind, kind), markersize=5)
+                 label=labels.get(kind, kind), markersize=5, zorder=3 if kind == "stride 2" else 2)
 axes[0].set(xlabel="layer", ylabel="receptive field (pixels)", title="measured growth")
 axes[0].legend(fontsize=7)
 for ax, kind, title in [(axes[1], "dilation 2^l", "dilation 1, 2, 4, 8: dense"),
