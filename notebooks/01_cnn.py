@@ -219,8 +219,8 @@ control("cnn.1", "one 9x9 layer (one path per pixel) shows no such concentration
 # plain, stride 2 in every layer, dilation $2^{l-1}$, and a constant dilation 2, on a
 # $64\times64$ input. For each it *measures* the footprint of the centre output after every
 # layer (the input pixels with non-zero gradient), the parameters and the output resolution.
-# The controls: a plain stack with $9\times9$ kernels that reaches the same field as the
-# stride and dilation stacks, and what max and average pooling pass back to their window.
+# The controls: a plain stack with $9\times9$ kernels that reaches about the same field as
+# the stride and dilation stacks, and what max and average pooling pass back to their window.
 
 # %%
 def stack_of(kind: str, depth: int = 4, width: int = 16, kernel: int = 3) -> nn.Sequential:
