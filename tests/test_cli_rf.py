@@ -75,10 +75,11 @@ def test_json_and_measure(models):
 
 
 def test_global(models):
-    done = rf(f"{models}:classifier", "--input-size", "1,3,16,16", "--json")
+    done = rf(f"{models}:classifier", "--input-size", "1,3,16,16", "--json", "--measure")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["is_global"] and data["size"] == [None, None]
+    assert data["measured"] is None and "(N, C, *spatial)" in data["not_measured"]
 
 
 @pytest.mark.parametrize("args, needle", [

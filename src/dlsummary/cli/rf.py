@@ -43,21 +43,29 @@ def add_parser(subparsers, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dlsummary.errors import DLSummaryError
     from dlsummary.receptive_field import empirical_receptive_field, receptive_field
 
     size = parse_input_size(args.input_size)
     model = load_model(args.model, parse_kwargs(args.kwargs), args.device)
     result = receptive_field(model, size, fallback="measure" if args.measure else None)
-    measured = None
+    measured, not_measured = None, None
     if args.measure and result.method == "analytic":
-        measured = empirical_receptive_field(model, size)
+        try:
+            measured = empirical_receptive_field(model, size)
+        except DLSummaryError as err:  # e.g. a classifier: no spatial output to measure
+            not_measured = str(err)
     if args.json:
         data = result.to_dict()
-        if measured is not None:
-            data["measured"] = measured.to_dict()
+        if args.measure and result.method == "analytic":
+            data["measured"] = measured.to_dict() if measured is not None else None
+            if not_measured:
+                data["not_measured"] = not_measured
         print_json(data)
     else:
         print(result)
         if measured is not None:
             print(measured)
+        if not_measured:
+            print(f"not measured: {not_measured}")
     return EXIT_OK
