@@ -691,3 +691,82 @@ def test_flatten_and_back_and_attention():
     assert rf.is_global, "attention over all tokens sees the whole image"
     emp = empirical_receptive_field(Tokens(attend=True), (1, 3, 16, 16))
     assert emp.bbox == ((0, 16), (0, 16))
+
+
+# ------------------------------------------------------------------------ Inception v3
+def basic_conv(c_in, kernel=1, stride=1, padding=0):
+    """torchvision.models.inception.BasicConv2d (2 output channels: geometry only)."""
+    return nn.Sequential(nn.Conv2d(c_in, 2, kernel, stride, padding, bias=False),
+                         nn.BatchNorm2d(2), nn.ReLU())
+
+
+def conv_1x7(kind="1x7"):
+    return basic_conv(2, (1, 7), padding=(0, 3)) if kind == "1x7" else basic_conv(
+        2, (7, 1), padding=(3, 0))
+
+
+class InceptionBlock(nn.Module):
+    """torchvision's InceptionA/B/C/D/E: branches concatenated along channels."""
+
+    def __init__(self, kind, c_in):
+        super().__init__()
+        self.kind = kind
+        pool = nn.Sequential(nn.AvgPool2d(3, 1, 1), basic_conv(c_in))
+        if kind == "A":
+            branches = [basic_conv(c_in), nn.Sequential(basic_conv(c_in), basic_conv(2, 5, 1, 2)),
+                        nn.Sequential(basic_conv(c_in), basic_conv(2, 3, 1, 1),
+                                      basic_conv(2, 3, 1, 1)), pool]
+        elif kind == "B":
+            branches = [basic_conv(c_in, 3, 2), nn.Sequential(
+                basic_conv(c_in), basic_conv(2, 3, 1, 1), basic_conv(2, 3, 2)),
+                nn.MaxPool2d(3, 2)]
+        elif kind == "C":
+            branches = [basic_conv(c_in),
+                        nn.Sequential(basic_conv(c_in), conv_1x7(), conv_1x7("7x1")),
+                        nn.Sequential(basic_conv(c_in), conv_1x7("7x1"), conv_1x7(),
+                                      conv_1x7("7x1"), conv_1x7()), pool]
+        elif kind == "D":
+            branches = [nn.Sequential(basic_conv(c_in), basic_conv(2, 3, 2)),
+                        nn.Sequential(basic_conv(c_in), conv_1x7(), conv_1x7("7x1"),
+                                      basic_conv(2, 3, 2)), nn.MaxPool2d(3, 2)]
+        else:  # E: the 3x3 branches end in a (1x3, 3x1) pair, concatenated
+            branches = [basic_conv(c_in), basic_conv(c_in),
+                        nn.Sequential(basic_conv(c_in), basic_conv(2, 3, 1, 1)), pool]
+            self.pair_a = nn.ModuleList([basic_conv(2, (1, 3), padding=(0, 1))
+                                         for _ in range(2)])
+            self.pair_b = nn.ModuleList([basic_conv(2, (3, 1), padding=(1, 0))
+                                         for _ in range(2)])
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x):
+        outs = [b(x) for b in self.branches]
+        if self.kind == "E":
+            outs[1] = torch.cat([self.pair_a[0](outs[1]), self.pair_b[0](outs[1])], 1)
+            outs[2] = torch.cat([self.pair_a[1](outs[2]), self.pair_b[1](outs[2])], 1)
+        return torch.cat(outs, 1)
+
+
+def inception_v3(blocks="AAABCCCCDEE"):
+    """torchvision.models.inception_v3's trunk (Conv2d_1a .. Mixed_7c)."""
+    layers: list[nn.Module] = [basic_conv(3, 3, 2), basic_conv(2, 3), basic_conv(2, 3, 1, 1),
+                               nn.MaxPool2d(3, 2), basic_conv(2), basic_conv(2, 3),
+                               nn.MaxPool2d(3, 2)]
+    c = 2
+    out_channels = {"A": lambda c: 8, "B": lambda c: 4 + c, "C": lambda c: 8,
+                    "D": lambda c: 4 + c, "E": lambda c: 12}
+    for kind in blocks:
+        layers.append(InceptionBlock(kind, c))
+        c = out_channels[kind](c)
+    return nn.Sequential(*layers).eval()
+
+
+def test_inception_v3_published_and_measured():
+    # stem: 3, 7, 11 (j2), pool 15 (j4), 15, 23, pool 31 (j8); Mixed_5b-d +32 each = 127;
+    # 6a +32 = 159 (j16); 6b-e +192 each = 927; 7a +128 = 1055 (j32); 7b, 7c +128 each =
+    # 1311, the published value (Araujo et al., Distill 2019).
+    rf = receptive_field(inception_v3(), (1, 3, 299, 299))
+    assert rf.size == (1311, 1311) and rf.stride == (32, 32) and not rf.misaligned
+    trunk = inception_v3("AB")
+    size = (1, 3, 299, 299)
+    rf_trunk = assert_matches_measurement(trunk, size, neighbours(receptive_field(trunk, size)))
+    assert rf_trunk.size == (127 - 64 + 32, 127 - 64 + 32) and rf_trunk.stride == (16, 16)
