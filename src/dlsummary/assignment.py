@@ -39,7 +39,8 @@ GRADING_NOTES = """**Automatic grading.** Some items are graded by a program, so
   of the answer, e.g. `**Answer:** 7x7, because ...` or `q = ...`;
 - backprop.3: keep your code in the question's code cell(s), leave the names `X`, `W`, `b`,
   `foo` and `loss` as given, and store your numerical gradients in `grad_W` and `grad_b`; the
-  grader re-runs these cells on hidden inputs;
+  grader re-runs these cells on hidden inputs (other sizes and values of `X`, `W`, `b`, and
+  another smooth function inside `foo`);
 - seq.2.B: write your implementation as a class `Embedding(num_embeddings, embedding_dim)`
   with a `weight` tensor of shape `(num_embeddings, embedding_dim)`, called on a tensor of ids,
   in a code cell of seq.2; the grader compares it with `nn.Embedding` on hidden ids.
@@ -277,12 +278,12 @@ def build_assignment(variant: Variant = ORIGINAL,
     """The student notebook for ``variant``: the questions, their code, empty answers."""
     intro, questions = key_questions(notebooks)
     nb = nbformat.v4.new_notebook()
-    title = "Summary questions" + ("" if variant.number is None else f" (variant {variant.number})")
-    cells = [nbformat.v4.new_markdown_cell(
-        f"# {title}\n\nThe notes below are the original assignment's.\n\n" + GRADING_NOTES)]
+    cells = []
     for cell in intro:  # the TeX macros; the original notes
         if cell.cell_type == "markdown":
             cells.append(nbformat.v4.new_markdown_cell(_student_intro(cell.source)))
+    which = "" if variant.number is None else f"This is variant {variant.number}.\n\n"
+    cells.append(nbformat.v4.new_markdown_cell(which + GRADING_NOTES))
     section = None
     for q in questions:
         if q.section != section:
@@ -354,12 +355,15 @@ def build_solution(variant: Variant = ORIGINAL,
 
 
 def _student_intro(text: str) -> str:
-    """The introduction without the answer key's own remarks (a student's notebook has no
-    evidence cells and no summary table)."""
+    """The introduction as a student's notebook has it: the TeX macros, the title and the
+    original assignment's notes; not the answer key's description of itself."""
     text = re.sub(r"<div class=\"dls-summary-here\"></div>", "", text)
+    text = re.sub(r"<details[^>]*>\s*<summary>(.*?)</summary>", r"**\1**", text, flags=re.S)
+    text = text.replace("</details>", "")
+    text = re.sub(r"(?m)^> ?", "", text)
     kept = [p for p in text.split("\n\n")
-            if not re.search(r"experiment|assert|answer key", p, re.I) or "Answer:" in p]
-    return "\n\n".join(kept).strip()
+            if not re.search(r"experiment|assert|answer key|\bcheck", p, re.I)]
+    return "\n\n".join(p.strip() for p in kept if p.strip())
 
 
 def write_assignment(output: str | Path, variant: int | None = None,
