@@ -121,7 +121,7 @@ def show_images(ax: plt.Axes, pixels: torch.Tensor, rows: int, title: str) -> No
 # $$\mathcal{L}(\mathbf{x}) = \underbrace{\mathbb{E}_{q_\phi(\mathbf{z}|\mathbf{x})}\left[-\log p_\theta(\mathbf{x}|\mathbf{z})\right]}_{\text{reconstruction}} + \underbrace{D_{\mathrm{KL}}\left(q_\phi(\mathbf{z}|\mathbf{x})\,\|\,p(\mathbf{z})\right)}_{\text{KL}},\qquad q_\phi(\mathbf{z}|\mathbf{x})=\mathcal{N}\left(\boldsymbol{\mu}(\mathbf{x}),\operatorname{diag}\boldsymbol{\sigma}^2(\mathbf{x})\right),\quad p(\mathbf{z})=\mathcal{N}(\mathbf{0},\mathbf{I}).$$
 # The KL term does two jobs: it keeps every posterior from shrinking to a point (it charges $-\log\sigma_j$ per coordinate), and it pulls the codes towards the origin with unit scale, so that the *aggregate* posterior $q(\mathbf{z})=\frac{1}{N}\sum_i q_\phi(\mathbf{z}|\mathbf{x}_i)$ fills the prior. Without it, the latent space also loses its structure (arbitrary scale, gaps between clusters), which does not show in $\mathbf{x}\to\mathbf{z}\to\mathbf{x}'$.
 #
-# The experiment trains the same VAE (2-D latent, same architecture, seed, data and budget) with and without the KL term on binarised 8x8 digits. Without the KL term the training reconstruction error drops, the posterior standard deviation collapses by two orders of magnitude, the codes spread several times wider than the prior, and only a few percent of prior draws land inside any training image's 95% posterior ellipse (with the KL term nearly all do). The generated samples (classified by their nearest training digit) then concentrate on a few classes: one class takes almost half of them, against about 15% with the KL term. (With a larger latent space the prior draws fall even further from every code and the samples tend to look like no digit at all; that is not measured here.)
+# The experiment trains the same VAE (2-D latent, same architecture, seed, data and budget) with and without the KL term on binarised 8x8 digits. Without the KL term the training reconstruction error drops, the posterior standard deviation collapses by about two orders of magnitude, the codes spread several times wider than the prior, and only a few percent of prior draws land inside any training image's 95% posterior ellipse (with the KL term nearly all do). The generated samples (classified by their nearest training digit) then concentrate on a few classes: one class takes almost half of them, against about 15% with the KL term. (With a larger latent space the prior draws fall even further from every code and the samples tend to look like no digit at all; that is not measured here.)
 
 # %%
 @torch.no_grad()
@@ -157,7 +157,7 @@ for key in reports["with KL"]:
     print(f"{key:37s}" + "".join(f"{r[key]:10.3f}" for r in reports.values()))
 
 fig, axes = plt.subplot_mosaic([["real", "rec_kl", "rec_ae"], ["gen_kl", "gen_ae", "."]],
-                               figsize=(9, 3.6), gridspec_kw={"wspace": 0.08, "hspace": 0.25})
+                               figsize=(10, 3.8), gridspec_kw={"wspace": 0.08, "hspace": 0.25})
 with torch.no_grad():
     show_images(axes["real"], x_test[:16], 2, "test digits")
     for key, model, name in (("rec_kl", with_kl, "with KL"), ("rec_ae", without_kl, "no KL")):
@@ -169,7 +169,7 @@ with torch.no_grad():
         show_images(axes[key], torch.sigmoid(model.decoder(z)), 4, f"B: generated from N(0, I), {name}")
 plt.show()
 
-fig, axes = plt.subplots(1, 2, figsize=(8.5, 3.8))
+fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), layout="constrained")
 with torch.no_grad():
     for ax, model, name in ((axes[0], with_kl, "with KL"), (axes[1], without_kl, "no KL")):
         mu, _ = model.encode(x_train)
@@ -187,17 +187,18 @@ kl, ae = reports["with KL"], reports["no KL"]
 check("vae.1.A", "without the KL term, training reconstructions are better (lower -log p(x|z))",
       ae["reconstruction -log p(x|z) (nats)"] / kl["reconstruction -log p(x|z) (nats)"], "<", 0.9)
 check("vae.1.A", "without the KL term, the encoder's noise collapses towards zero",
-      ae["median posterior std"] / kl["median posterior std"], "<", 0.05)
+      ae["median posterior std"] / kl["median posterior std"], "<", 0.02)
 check("vae.1.A", "without the KL term, the codes spread several times wider",
       ae["spread of codes (std of mu)"] / kl["spread of codes (std of mu)"], ">", 2.5)
-check("vae.1.B", "without the KL term, prior draws land where no training code is (%)",
-      ae["prior draws near a code (%)"], "<", 15)
+check("vae.1.B", "without the KL term, only a few percent of prior draws land near a training code (%)",
+      ae["prior draws near a code (%)"], "<", 10)
 control("vae.1.B", "with the KL term, nearly every prior draw lands near a training code (%)",
         kl["prior draws near a code (%)"], ">", 90)
 check("vae.1.B", "without the KL term, samples concentrate on fewer digit classes (entropy drop, nats)",
       kl["class entropy of samples (max 2.30)"] - ae["class entropy of samples (max 2.30)"], ">", 0.5)
 check("vae.1.B", "without the KL term, one class takes a far larger share of the samples (ratio)",
       ae["largest class share of samples (%)"] / kl["largest class share of samples (%)"], ">", 2)
+check("vae.1.B", "... almost half of them (%)", ae["largest class share of samples (%)"], "between", (35, 60))
 
 # %% [markdown]
 # ### vae.2 · true or false about VAEs
@@ -221,7 +222,7 @@ check("vae.1.B", "without the KL term, one class takes a far larger share of the
 # %% [markdown]
 # **Why, in detail.** All three on the 2-D VAE trained with the KL term in vae.1.
 #
-# *A.* The posteriors of a 0 and a 1 are each several times narrower than the prior and a few nats of KL away from it, and their means are many posterior standard deviations apart. The same KL measured on a Gaussian with the aggregate posterior's mean and second moment is close to zero: the *average* is what matches the prior.
+# *A.* The posteriors of a 0 and a 1 are each about four times narrower than the prior and about 3 nats of KL away from it, and their means are many posterior standard deviations apart. The same KL measured on a Gaussian with the aggregate posterior's mean and second moment is close to zero: the *average* is what matches the prior.
 #
 # *B.* Encoding one digit 200 times gives identical encoder outputs (the encoder is a deterministic network), reconstructions that differ pixel by pixel and as thresholded images, and, for the model trained without the KL term ($\boldsymbol{\sigma}\approx 0$), almost no spread. Decoding $\boldsymbol{\mu}$ is deterministic by construction.
 #
@@ -270,10 +271,12 @@ ax.legend(fontsize=7, loc="upper right")
 ax.set_title("A: each image has its own posterior", fontsize=9)
 plt.show()
 
-check("vae.2.A", "each image's posterior is nats away from N(0, I) (the smaller of the two KLs)",
-      min(kl_to_prior), ">", 1.0)
-check("vae.2.A", "each image's posterior is much narrower than the prior (largest sigma)",
-      std.max().item(), "<", 0.5)
+check("vae.2.A", "each image's posterior is about 3 nats away from N(0, I) (the smaller KL)",
+      min(kl_to_prior), "between", (2, 5))
+check("vae.2.A", "each image's posterior is about 3 nats away from N(0, I) (the larger KL)",
+      max(kl_to_prior), "between", (2, 5))
+check("vae.2.A", "each image's posterior is about four times narrower than the prior (largest sigma)",
+      std.max().item(), "<", 0.35)
 check("vae.2.A", "two different digits get clearly different posteriors (distance in posterior std)",
       separation, ">", 3)
 control("vae.2.A", "the average over images of q(z|x) is close to N(0, I) (KL in nats)",
@@ -554,6 +557,9 @@ check("gan.1.A", "G trained alone against the frozen D lowers its loss ...",
       final["trained D"]["G loss"] - alone["G loss"], ">", 0.005)
 check("gan.1.A", "... while the generated distribution moves far from the data (W2 ratio)",
       distances["trained D, G trained alone"] / distances["trained D"], ">", 10)
+check("gan.1.A", "a D loss above 2 log 2 means a D worse than chance (the frozen D against that G)",
+      alone["D accuracy"], "<", 0.5)
+check("gan.1.A", "... whose loss is then above 2 log 2", alone["D loss"], ">", 2 * LOG2)
 
 # %%
 # B. The discriminator's step, with the fakes NOT detached: what gradient would reach G?
@@ -654,6 +660,8 @@ check("gan.1.D", "after 200 D steps D is saturated on the fakes: D(G(z)) about 0
       warmup[200]["mean D(G(z))"], "<", 0.05)
 check("gan.1.D", "... and the minimax gradient has faded relative to the non-saturating one (ratio)",
       ratio[200] / ratio[50], "<", 0.25)
+check("gan.1.D", "the non-saturating loss's gradient does not fade: it grows from 50 to 200 D steps",
+      warmup[200]["|grad| non-saturating"] / warmup[50]["|grad| non-saturating"], ">", 1.2)
 
 # %%
 # E. G's gradient when D sits at 50%: how large it is, and where following it leads.
