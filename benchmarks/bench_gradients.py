@@ -7,18 +7,29 @@ expensive function; not slower than torch.autograd.gradcheck on the same check. 
 is 2 evaluations per input (central differences) at full batching efficiency: we report
 our time in units of one batched evaluation per input.
 
-Run: OMP_NUM_THREADS=1 python benchmarks/bench_gradients.py
+Issue 16: a full check of a U-Net of 7,479 parameters (input 1x3x16x16) against the
+previous implementation (commit 36d5c07, read with git when available), run both ways it
+could go (its timed trial, and the loop its trial picks on a loaded machine), and against
+torch.autograd.gradcheck over the same parameters. Times are CPU seconds of this process
+(on one thread they do not grow with other processes' load) beside wall-clock seconds.
+
+Run: OMP_NUM_THREADS=1 python benchmarks/bench_gradients.py [--no-unet-gradcheck]
 """
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
-from dlsummary import check_gradients, numerical_gradient
+from dlsummary import check_gradients, check_module_gradients, numerical_gradient
 
 F64 = torch.float64
 
@@ -80,7 +91,89 @@ def _cases() -> dict[str, tuple[Callable[[torch.Tensor], torch.Tensor], torch.Te
     }
 
 
-def main() -> dict:
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE_COMMIT = "36d5c07"  # gradients.py before issue 16
+
+
+def _load(name: str, path: Path | None = None, source: str | None = None) -> ModuleType:
+    spec = importlib.util.spec_from_loader(name, loader=None) if source is not None else \
+        importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    if source is not None:
+        exec(compile(source, f"{BASELINE_COMMIT}:gradients.py", "exec"), module.__dict__)
+    else:
+        spec.loader.exec_module(module)
+    return module
+
+
+def _baseline() -> ModuleType | None:
+    """The previous gradients module, from git; None where git or the commit is missing."""
+    try:
+        source = subprocess.run(
+            ["git", "show", f"{BASELINE_COMMIT}:src/dlsummary/gradients.py"], cwd=ROOT,
+            capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return _load("baseline_gradients", source=source)
+
+
+def timed(run: Callable[[], object]) -> tuple[float, float, object]:
+    """(wall s, CPU s of this process, result) of one run."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+def unet_benchmark(with_gradcheck: bool = True) -> dict:
+    """Full check of the U-Net: ours, the previous code (both of its paths), gradcheck."""
+    tests = _load("test_gradients_modules", ROOT / "tests" / "test_gradients_modules.py")
+    torch.manual_seed(0)
+    model = tests.TinyUNet().eval()
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0), dtype=F64)
+    n = sum(p.numel() for p in model.parameters())
+    check_module_gradients(nn_small(), None, torch.randn(2, 3, dtype=F64))  # warm-up
+    runs: dict[str, tuple[float, float]] = {}
+    wall, cpu, ours = timed(lambda: check_module_gradients(model, None, x))
+    assert ours.passed, str(ours)
+    runs["ours"] = (wall, cpu)
+    baseline = _baseline()
+    if baseline is not None:
+        for label, vectorize in (("previous, its timed trial", None),
+                                 ("previous, loop (its pick under load)", False)):
+            wall, cpu, old = timed(lambda v=vectorize: baseline.check_module_gradients(
+                model, None, x, vectorize=v))
+            assert old.passed
+            runs[label] = (wall, cpu)
+    if with_gradcheck:
+        work = tests.TinyUNet().double().eval()
+        work.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+        names = [name for name, _ in work.named_parameters()]
+        params = tuple(p.detach().clone().requires_grad_() for p in work.parameters())
+        weights = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1),
+                              dtype=F64)
+
+        def loss(*ps: torch.Tensor) -> torch.Tensor:
+            out = torch.func.functional_call(work, dict(zip(names, ps, strict=True)), (x,))
+            return (out * weights).sum()
+
+        wall, cpu, ok = timed(lambda: torch.autograd.gradcheck(
+            loss, params, eps=1e-6, atol=1e-5, rtol=1e-3))
+        assert ok
+        runs["torch.autograd.gradcheck"] = (wall, cpu)
+    print(f"\nU-Net, {n:,} parameters, input (1, 3, 16, 16), full check "
+          f"({ours.evaluations:,} evaluations):")
+    print(f"  {'':40s} {'wall s':>8s} {'CPU s':>8s} {'CPU ratio to ours':>18s}")
+    for label, (wall, cpu) in runs.items():
+        print(f"  {label:40s} {wall:8.2f} {cpu:8.2f} {cpu / runs['ours'][1]:17.1f}x")
+    return {"parameters": n, "evaluations": ours.evaluations,
+            "runs": {k: {"wall_s": w, "cpu_s": c} for k, (w, c) in runs.items()}}
+
+
+def nn_small() -> torch.nn.Module:
+    return torch.nn.Linear(3, 2)
+
+
+def main(unet_gradcheck: bool = True) -> dict:
     """Time everything; print the table; return the figures."""
     torch.manual_seed(0)
     results: dict[str, dict] = {}
@@ -130,8 +223,9 @@ def main() -> dict:
                             "speedup": ratio, "target": 1.0}
     results["floor"] = {"evaluations_per_input": evals_per_input, "floor": 2.0,
                         "batched_eval_us": per_eval * 1e6, "single_eval_us": single * 1e6}
+    results["unet"] = unet_benchmark(with_gradcheck=unet_gradcheck)
     return results
 
 
 if __name__ == "__main__":
-    main()
+    main(unet_gradcheck="--no-unet-gradcheck" not in sys.argv[1:])
