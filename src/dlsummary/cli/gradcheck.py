@@ -94,10 +94,13 @@ def run(args: argparse.Namespace) -> int:
         rtol=args.rtol, eps=args.eps, seed=args.seed,
         progress=not args.json and sys.stderr.isatty(),
     )
+    shown = (str(tuple(inputs[0].shape)) if args.input_size and not args.input
+             else ", ".join(described))
     if args.json:
-        print_json({"model": args.model, "inputs": described, **report.to_dict()})
+        given = {"input_size": list(inputs[0].shape)} if args.input_size else {}
+        print_json({"model": args.model, **given, "inputs": described, **report.to_dict()})
     else:
-        print(f"{args.model}  input {', '.join(described)}  {count:,} trainable parameters")
+        print(f"{args.model}  input {shown}  {count:,} trainable parameters")
         print(report)
     return EXIT_OK if report.passed else EXIT_CHECK_FAILED
 
