@@ -770,3 +770,43 @@ def test_inception_v3_published_and_measured():
     size = (1, 3, 299, 299)
     rf_trunk = assert_matches_measurement(trunk, size, neighbours(receptive_field(trunk, size)))
     assert rf_trunk.size == (127 - 64 + 32, 127 - 64 + 32) and rf_trunk.stride == (16, 16)
+
+
+def test_class_token_and_window_attention():
+    class ViT(nn.Module):
+        """Patch embedding, a class token concatenated before the tokens, attention."""
+
+        def __init__(self):
+            super().__init__()
+            self.patch, self.norm = nn.Conv2d(3, 8, 4, 4), nn.LayerNorm(8)
+            self.cls = nn.Parameter(torch.zeros(1, 1, 8))
+
+        def forward(self, x):
+            y = self.patch(x)
+            n, c, h, w = y.shape
+            t = torch.cat([self.cls.expand(n, -1, -1), y.reshape(n, c, h * w).permute(0, 2, 1)],
+                          dim=1)
+            q = self.norm(t)
+            return ((q @ q.transpose(1, 2)).softmax(-1) @ q)[:, 0]
+
+    assert receptive_field(ViT(), (1, 3, 32, 32)).is_global
+
+    class Windows(nn.Module):
+        """Swin-style attention within 4x4 windows: a windowed field, refused, not global."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            b, c, h, w = y.shape
+            t = y.permute(0, 2, 3, 1).view(b, h // 4, 4, w // 4, 4, c)
+            t = t.permute(0, 1, 3, 2, 4, 5).reshape(-1, 16, c)
+            t = (t @ t.transpose(1, 2)).softmax(-1) @ t
+            return t.view(b, h // 4, w // 4, 4, 4, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+
+    with pytest.raises(DLSummaryError, match="windowed field"):
+        receptive_field(Windows(), (1, 3, 16, 16))
+    measured = empirical_receptive_field(Windows(), (1, 3, 16, 16), (8, 8))
+    assert measured.size == (6, 6), "control: the measured field is the window, not global"

@@ -168,9 +168,15 @@ class _Geo:
         return {f[0] for f in self.axes[axis] if f[0] is not None}
 
     def with_global(self, which: Iterable[int]) -> _Geo:
-        which = set(which)
+        which = {d for d in which if self.dims[d] is not None}
         if not which:
             return self
+        split = sorted(d for d in which if self.why.get(d, "").startswith("split"))
+        if split:  # a mix over pieces of a dim (windows): neither global nor a plain field
+            raise _Unsupported(
+                f"it mixes positions along spatial dim {split[0]} after that dim was "
+                f"{self.why[split[0]]}: a windowed field (as in window attention), which the "
+                "analysis cannot follow")
         dims = tuple(None if d in which else g for d, g in enumerate(self.dims))
         axes = tuple(tuple((None, f[1]) if f[0] in which else f for f in layout)
                      for layout in self.axes)
@@ -1245,7 +1251,9 @@ class _Tracer(fx.Tracer):
         tensors, geos = margs[0], gargs[0]
         nd = value.dim()
         axis = a["dim"] % nd
-        parts = []
+        if not isinstance(tensors, (list, tuple)):
+            raise _Unsupported("it concatenates the slices of one tensor, not a list of tensors")
+        parts, joined = [], set()
         for geo, meta in zip(geos, tensors, strict=True):
             if not isinstance(geo, _Geo):
                 continue
@@ -1253,12 +1261,21 @@ class _Tracer(fx.Tracer):
                 axes = geo.axes[:axis] + ((),) + geo.axes[axis:]
                 shape = (*meta.shape[:axis], 1, *meta.shape[axis:])
             else:
-                if [d for d in geo.spatial_in(axis) if geo.dims[d] is not None]:
-                    raise _Unsupported(f"it concatenates along axis {a['dim']}, a spatial axis")
+                joined |= {d for d in geo.spatial_in(axis) if geo.dims[d] is not None}
                 axes = geo.axes[:axis] + ((),) + geo.axes[axis + 1:]
                 shape = (*meta.shape[:axis], 1, *meta.shape[axis + 1:])
             parts.append((_Geo(geo.dims, axes, geo.why), torch.empty(shape, device="meta")))
-        return self._union(node, name, parts, tuple(value.shape), record=len(parts) > 1)
+        out = self._union(node, name, parts, tuple(value.shape), record=len(parts) > 1)
+        if joined:  # along a spatial axis (a class token before patch tokens): the dims are
+            # no longer axes of their own, but stay tagged so that a later mix over this axis
+            # (attention) still makes them global
+            why = dict(out.why)
+            for d in joined:
+                why.setdefault(d, f"concatenated with other entries along its axis by "
+                                  f"'{node.name}'{_where()}")
+            layout = _none_layout(value.shape[axis]) + tuple((d, 1) for d in sorted(joined))
+            out = _Geo(out.dims, out.axes[:axis] + (layout,) + out.axes[axis + 1:], why)
+        return out
 
     def _split(self, node, name, g, x, margs, mkwargs, value):
         second = "chunks" if name == "chunk" else "sections"
