@@ -292,6 +292,7 @@ check("losses.2", "about 0.58 x 0.24 = 0.14 per Linear+Sigmoid layer", per_layer
 check("losses.2", "the sigmoids are not saturated: the small maximum slope 1/4 is enough", sat, "<", 0.01)
 check("losses.2", "the shared hidden Linear is called 24 times in one pass", flow.layers[2].calls, "==", 24)
 flow.plot(label="mlpirate").set_title("mlpirate: gradient norm at each layer call's output")
+plt.tight_layout()
 plt.show()
 
 # %%
@@ -327,6 +328,7 @@ plt.semilogy(range(1, 26), spread, marker=".")
 plt.xlabel("sigmoid layer")
 plt.ylabel("std across examples")
 plt.title("mlpirate's forward signal collapses")
+plt.tight_layout()
 plt.show()
 
 # %%
@@ -394,6 +396,7 @@ plt.axhline(target_var, ls=":", c="gray", label="variance of the target")
 plt.xlabel("Adam step")
 plt.ylabel("MSE")
 plt.legend()
+plt.tight_layout()
 plt.show()
 plateau_step = next(i for i, v in enumerate(deep_curve) if v < 1.02 * target_var)
 print(f"mlpirate is within 2 % of the target variance from step {plateau_step} on")
@@ -449,6 +452,7 @@ for name, net in variants.items():
     print(f"{name:24s} first/last gradient norm = {folds[name]:.1e}; "
           f"spread between examples, last hidden / first = {spreads[name]:.1e}")
 ax.legend(fontsize=8)
+plt.tight_layout()
 plt.show()
 with gradient_flow(variants["tanh, default init"]) as tanh_raw_flow:  # un-normalised pirate counts
     F.mse_loss(variants["tanh, default init"](counts), Y).backward()
@@ -488,10 +492,11 @@ curves = {
 }
 plt.figure(figsize=(5.5, 2.8))
 for name, curve in curves.items():
-    plt.plot([v / target_var for v in curve], label=name)
+    plt.semilogy([v / target_var for v in curve], ls="--" if name.startswith("sigmoid") else "-", label=name)
 plt.xlabel("step")
 plt.ylabel("MSE / variance of target")
 plt.legend(fontsize=8)
+plt.tight_layout()
 plt.show()
 first_below = {name: next((i for i, v in enumerate(c) if v < 0.5 * target_var), math.inf) for name, c in curves.items()}
 print("first step with loss < half the variance:", first_below)
