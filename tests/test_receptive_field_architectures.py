@@ -810,3 +810,17 @@ def test_class_token_and_window_attention():
         receptive_field(Windows(), (1, 3, 16, 16))
     measured = empirical_receptive_field(Windows(), (1, 3, 16, 16), (8, 8))
     assert measured.size == (6, 6), "control: the measured field is the window, not global"
+
+
+def test_named_tuple_results_and_constants_like():
+    class MaxOverChannels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return y.max(dim=1, keepdim=True).values + torch.zeros_like(y[:, :1])
+
+    rf = receptive_field(MaxOverChannels(), (1, 1, 10, 10))
+    assert rf.size == (3, 3) and not rf.notes

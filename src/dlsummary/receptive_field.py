@@ -389,6 +389,10 @@ _ELEMENTWISE_NAMES = frozenset([
     "channel_shuffle", "native_channel_shuffle", "local_response_norm", "stochastic_depth",
     "drop_path", "logit", "sigmoid_", "relu_", "softmax2d_never",
 ])
+_CONSTANT_NAMES = frozenset([
+    "zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+    "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor",
+])
 _BROADCAST_NAMES = frozenset(["add", "sub", "mul", "truediv", "iadd", "isub", "imul",
                               "itruediv", "relu", "sigmoid", "tanh", "gelu", "silu"])
 # reductions: the positional parameters after the input, by name (torch's signatures)
@@ -703,7 +707,11 @@ class _Tracer(fx.Tracer):
         name = _target_name(target)
         if kind == "call_function" and target is operator.getitem:
             return self._getitem(node, g, x, margs[1], value)
+        if name in _CONSTANT_NAMES:
+            return None  # a tensor of the same shape that does not depend on the values
         if kind == "call_function" and target is getattr:
+            if margs[1] in ("values", "indices") and isinstance(g, _GeoSeq):
+                return g[0 if margs[1] == "values" else 1]
             if margs[1] in ("T", "mT") and isinstance(g, _Geo):
                 perm = list(range(x.dim()))
                 if margs[1] == "T":
