@@ -7,13 +7,18 @@ with K). *Implicit*: ``argmin_layer`` runs the very same K steps without a graph
 differentiates the optimality condition (memory independent of K), solving the Hessian
 system by building and factorising the 32 x 32 Hessians from Hessian-vector products
 (``"auto"`` picks ``"direct"`` for 32 unknowns per problem) and, for comparison, by MINRES
-on Hessian-vector products (what ``"auto"`` picks above 64 unknowns). Both are timed
+on Hessian-vector products (what ``"auto"`` picks above 256 unknowns). Both are timed
 (forward and backward separately, median of repeats, interleaved) and their autograd
 memory is counted exactly (the storage autograd holds for the backward pass when the
 forward returns, beyond the inputs). Both gradients are compared with the closed-form
 solution's. Targets: the implicit backward at least 2x faster and at least 10x less memory,
 with a gradient at least as accurate. (The forward, the same K solver steps, costs the
 same either way apart from recording the graph.)
+
+A second comparison, ``against_torchopt``: one ridge problem of 50, 100 and 200 unknowns,
+forward + backward, against torchopt's implicit differentiation (``custom_root`` with its
+conjugate-gradient solve), best process CPU time of interleaved repeats; target: at least
+torchopt's speed. torchopt is optional: without it that comparison is skipped.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_implicit.py``
 """
@@ -25,6 +30,7 @@ import statistics
 import time
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -184,6 +190,90 @@ def _print(figures: dict) -> None:
           f"{met['memory']}); gradient at least as accurate: {met['accuracy']}")
 
 
+def _single_ridge(w: torch.Tensor, X: torch.Tensor, t: torch.Tensor, lam: torch.Tensor):
+    return 0.5 * ((X @ w - t) ** 2).sum() + 0.5 * lam * (w**2).sum()
+
+
+def _single_closed_form(X: torch.Tensor, t: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(X.shape[1], dtype=X.dtype, device=X.device)
+    return torch.linalg.solve(X.T @ X + lam * eye, X.T @ t)
+
+
+def _compare_one(torchopt: Any, d: int, repeats: int) -> dict:
+    """One size of :func:`against_torchopt`."""
+    import warnings
+
+    def optimality(w, X, t, lam):  # torchopt differentiates the optimality condition
+        return X.T @ (X @ w - t) + lam * w
+
+    g = torch.Generator().manual_seed(d)
+    X = torch.randn(2 * d, d, generator=g, dtype=torch.float64).requires_grad_()
+    t = torch.randn(2 * d, generator=g, dtype=torch.float64).requires_grad_()
+    lam = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(d, generator=g, dtype=torch.float64)
+    ours = argmin_layer(_single_ridge, _single_closed_form)
+    solve = torchopt.linear_solve.solve_cg(rtol=1e-10, maxiter=10 * d)
+
+    @torchopt.diff.implicit.custom_root(optimality, argnums=(1, 2, 3), solve=solve)
+    def theirs(w0, X, t, lam):
+        return _single_closed_form(X.detach(), t.detach(), lam.detach())
+
+    w0 = torch.zeros(d, dtype=torch.float64)
+    runs = {"argmin_layer": lambda: torch.autograd.grad(ours(X, t, lam) @ upstream,
+                                                        (X, t, lam)),
+            "torchopt": lambda: torch.autograd.grad(theirs(w0, X, t, lam) @ upstream,
+                                                    (X, t, lam))}
+    exact = torch.autograd.grad(_single_closed_form(X, t, lam) @ upstream, (X, t, lam))
+    row: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torchopt calls functorch.vjp
+        for name, fn in runs.items():
+            grads = fn()
+            row[f"{name}_error"] = max(float((a - b).norm() / b.norm())
+                                       for a, b in zip(grads, exact, strict=True))
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
+        order = list(runs.items())
+        for i in range(repeats):
+            for name, fn in order[i % 2:] + order[:i % 2]:  # alternate who goes first
+                start = time.process_time()
+                fn()
+                cpu[name].append(time.process_time() - start)
+    for name in runs:
+        row[f"{name}_ms"] = 1e3 * min(cpu[name])
+    row["speedup"] = row["torchopt_ms"] / row["argmin_layer_ms"]
+    return row
+
+
+def against_torchopt(sizes: tuple[int, ...] = (50, 100, 200), repeats: int = 15) -> dict:
+    """Forward + backward of one ridge layer with d unknowns: argmin_layer vs torchopt."""
+    try:
+        import torchopt
+    except ImportError:
+        return {"skipped": "torchopt is not installed (pip install torchopt to compare)"}
+
+    figures: dict = {"sizes": {d: _compare_one(torchopt, d, repeats) for d in sizes}}
+    figures["slowest_speedup"] = min(r["speedup"] for r in figures["sizes"].values())
+    figures["target_met"] = figures["slowest_speedup"] >= 1.0
+    return figures
+
+
+def _print_torchopt(figures: dict) -> None:
+    if "skipped" in figures:
+        print(f"torchopt comparison skipped: {figures['skipped']}")
+        return
+    print("one ridge problem, forward + backward, best CPU time; gradient error vs closed form")
+    print(f"{'unknowns':>9} {'argmin_layer':>13} {'torchopt':>10} {'speedup':>8} "
+          f"{'our error':>10} {'their error':>12}")
+    for d, r in figures["sizes"].items():
+        print(f"{d:>9} {r['argmin_layer_ms']:>11.2f}ms {r['torchopt_ms']:>8.2f}ms "
+              f"{r['speedup']:>7.2f}x {r['argmin_layer_error']:>10.1e} "
+              f"{r['torchopt_error']:>12.1e}")
+    print(f"target: at least torchopt's speed at every size: "
+          f"{'met' if figures['target_met'] else 'NOT met'} "
+          f"(slowest {figures['slowest_speedup']:.2f}x)")
+
+
 if __name__ == "__main__":
     for k in (250, 1000):  # the unrolled cost grows with K, the implicit one does not
         _print(main(steps=k))
+    _print_torchopt(against_torchopt())
