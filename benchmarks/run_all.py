@@ -101,7 +101,17 @@ def rows_implicit(f: dict) -> list[tuple]:
          f"{f['implicit']['saved_bytes'] / 2**20:.2f} MiB",
          f"{f['unrolled']['saved_bytes'] / 2**20:.1f} MiB", f"{f['memory_ratio']:.0f}x",
          "smaller", mark(t["memory"])),
-    ]
+    ] + _rows_torchopt(f.get("torchopt", {}))
+
+
+def _rows_torchopt(f: dict) -> list[tuple]:
+    """argmin_layer vs torchopt's implicit differentiation, one ridge problem per size."""
+    if not f or "skipped" in f:
+        return []
+    return [("argmin layer", f"forward+backward vs torchopt `custom_root` (CG), {d} unknowns",
+             f"{r['argmin_layer_ms']:.1f} ms", f"{r['torchopt_ms']:.1f} ms",
+             f"{r['speedup']:.1f}x", ">= 1x", mark(r["speedup"] >= 1))
+            for d, r in f["sizes"].items()]
 
 
 def rows_sequence(f: dict) -> list[tuple]:
