@@ -824,3 +824,43 @@ def test_named_tuple_results_and_constants_like():
 
     rf = receptive_field(MaxOverChannels(), (1, 1, 10, 10))
     assert rf.size == (3, 3) and not rf.notes
+
+
+class SpaceToDepth(nn.Module):
+    """timm.layers.space_to_depth.SpaceToDepth (TResNet's stem)."""
+
+    def __init__(self, block=4):
+        super().__init__()
+        self.bs = block
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x = x.view(n, c, h // self.bs, self.bs, w // self.bs, self.bs)
+        x = x.permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(n, c * self.bs * self.bs, h // self.bs, w // self.bs)
+
+
+class DepthToSpace(nn.Module):
+    """timm.layers.space_to_depth.DepthToSpace: PixelShuffle written with view/permute."""
+
+    def __init__(self, block=2):
+        super().__init__()
+        self.bs = block
+
+    def forward(self, x):
+        n, c, h, w = x.size()
+        x = x.view(n, self.bs, self.bs, c // (self.bs ** 2), h, w)
+        x = x.permute(0, 3, 4, 1, 5, 2).contiguous()
+        return x.view(n, c // (self.bs ** 2), h * self.bs, w * self.bs)
+
+
+def test_space_to_depth_and_back():
+    tresnet_stem = nn.Sequential(SpaceToDepth(), nn.Conv2d(48, 8, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(8, 8, 3, padding=1))
+    rf = assert_matches_measurement(tresnet_stem, (1, 3, 64, 64), [(8, 8), (9, 9), (8, 10)])
+    assert rf.size == (20, 20) and rf.stride == (4, 4), "4 + 2 x 2 x 4: blocks of 4 pixels"
+    round_trip = nn.Sequential(SpaceToDepth(), DepthToSpace(4), nn.Conv2d(3, 3, 3))
+    assert receptive_field(round_trip, (1, 3, 64, 64)).size == (3, 3), "identity, then 3x3"
+    upsampling = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), DepthToSpace(), nn.Conv2d(2, 2, 3))
+    rf_up = assert_matches_measurement(upsampling, (1, 3, 32, 32), [(20, 20), (21, 22), (22, 21)])
+    assert rf_up.stride == (Fraction(1, 2),) * 2

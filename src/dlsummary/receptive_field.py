@@ -164,6 +164,42 @@ class _Geo:
                 return a
         return None
 
+    def piece_axis(self, d: int) -> tuple[int, int] | None:
+        """``(axis, step)`` where an axis is the outermost piece of spatial dim ``d`` alone
+        (after space-to-depth: output index ``o`` covers input positions ``o step ..``)."""
+        for a, layout in enumerate(self.axes):
+            if len(layout) == 1 and len(layout[0]) == 4 and layout[0][0] == d and layout[0][3]:
+                return a, layout[0][2]
+        return None
+
+    def spread_axis(self, d: int) -> tuple[int, int] | None:
+        """``(axis, r)`` where an axis is spatial dim ``d`` followed by a channel factor of
+        ``r`` (depth-to-space: output ``o`` reads input ``o // r``)."""
+        for a, layout in enumerate(self.axes):
+            if len(layout) == 2 and len(layout[0]) == 2 and layout[0][0] == d and \
+                    layout[1][0] is None:
+                return a, layout[1][1]
+        return None
+
+    def absorb_spread(self, d: int, axis: int, r: int) -> _Geo:
+        dims = list(self.dims)
+        up = _Map(r, 1, (0,) * r)
+        dims[d] = _dim_then(dims[d], up, up)
+        axes = tuple(((d, _layout_size(layout)),) if a == axis else layout
+                     for a, layout in enumerate(self.axes))
+        return _Geo(tuple(dims), axes, {k: w for k, w in self.why.items() if k != d})
+
+    def absorb_pieces(self, d: int, axis: int, step: int) -> _Geo:
+        """Spatial dim ``d`` read through its outermost piece at ``axis``: the field widens
+        by the piece's ``step`` and the inner pieces become plain channel factors."""
+        dims = list(self.dims)
+        dims[d] = _dim_then(dims[d], _affine(step, 0), _affine(step, step - 1))
+        axes = tuple(
+            ((d, layout[0][1]),) if a == axis else
+            tuple((None, f[1]) if f[0] == d else f for f in layout)
+            for a, layout in enumerate(self.axes))
+        return _Geo(tuple(dims), axes, {k: w for k, w in self.why.items() if k != d})
+
     def spatial_in(self, axis: int) -> set[int]:
         return {f[0] for f in self.axes[axis] if f[0] is not None}
 
@@ -961,6 +997,17 @@ class _Tracer(fx.Tracer):
                         "e.g. with a batch axis of 1 in front")
             raise _Unsupported(f"it is a {nd}-D layer and needs an input of rank {nd + 2}, "
                                f"but gets shape {tuple(x.shape)}{hint}")
+        for t in range(nd):  # space-to-depth: a window axis that is a block of a dim
+            a = x.dim() - nd + t
+            spatial = {f[0] for f in g.axes[a] if f[0] is not None}
+            if len(spatial) != 1:
+                continue
+            d = next(iter(spatial))
+            piece, spread = g.piece_axis(d), g.spread_axis(d)
+            if piece is not None and piece[0] == a:
+                g = g.absorb_pieces(d, a, piece[1])
+            elif spread is not None and spread[0] == a and g.pure_axis(d) is None:
+                g = g.absorb_spread(d, a, spread[1])
         dims, axes = list(g.dims), list(g.axes)
         for t in range(nd):
             a = x.dim() - nd + t
@@ -1161,50 +1208,72 @@ class _Tracer(fx.Tracer):
             perm[i], perm[j] = perm[j], perm[i]
         return _Geo(g.dims, tuple(g.axes[p] for p in perm), g.why)
 
-    def _reshape(self, node, kind, g, x, value):
+    def _reshape(self, node, kind, g, x, value):  # noqa: C901 - one careful walk
+        """Follow view/reshape/flatten/unflatten/squeeze: the row-major factors of the old
+        axes are regrouped into the new ones. A spatial dim split into pieces is kept as
+        ``(dim, size, step, outermost)`` factors (merged back when they meet again in
+        order), so space-to-depth and depth-to-space can be followed."""
         if not isinstance(value, torch.Tensor):
             raise _Unsupported("it does not return a tensor")
-        where = _where()
-        label = f"'{node.name}' ({kind}{where})"
-        factors = [f for layout in g.axes for f in layout]
-        why = {d: w for d, w in g.why.items() if w.startswith("split")}
+        label = f"'{node.name}' ({kind}{_where()})"
+        factors = [f if len(f) == 4 else (f[0], f[1], 1, True)
+                   for layout in g.axes for f in layout]
+        lost: set[int] = set()
         out_axes, pos = [], 0
         for size in value.shape:
             axis: list = []
             need = size
             while need > 1 and pos < len(factors):
-                ent, fs = factors[pos]
+                ent, fs, step, outer = factors[pos]
                 if need % fs == 0:
-                    axis.append((ent, fs))
+                    axis.append(factors[pos])
                     need //= fs
                     pos += 1
                     continue
                 piece = math.gcd(fs, need)
-                if ent is not None and g.dims[ent] is not None:
-                    why.setdefault(ent, f"split by {label}")
                 if piece == 1:  # the axes interleave: give up on this and the rest
-                    for e, _ in factors[pos:]:
-                        if e is not None and g.dims[e] is not None:
-                            why.setdefault(e, f"split by {label}")
+                    lost |= {f[0] for f in factors[pos:] if f[0] is not None
+                             and g.dims[f[0]] is not None}
                     rest = math.prod(f[1] for f in factors[pos:])
-                    factors = factors[:pos] + [(None, rest)]
+                    factors = factors[:pos] + [(None, rest, 1, True)]
                     continue
-                axis.append((ent, piece))
-                factors[pos] = (ent, fs // piece)
+                if ent is None:
+                    axis.append((None, piece, 1, True))
+                    factors[pos] = (None, fs // piece, 1, True)
+                else:  # the outer piece goes first (row-major)
+                    axis.append((ent, piece, step * (fs // piece), outer))
+                    factors[pos] = (ent, fs // piece, step, False)
                 need //= piece
             out_axes.append(axis)
-        for ent, fs in factors[pos:]:  # trailing size-1 spatial factors
+        for f in factors[pos:]:  # trailing size-1 spatial factors
             if out_axes:
-                out_axes[-1].append((ent, fs))
-        axes = tuple(tuple(f for f in axis if not (f[0] is None and f[1] == 1))
-                     for axis in out_axes)
+                out_axes[-1].append(f)
+        axes = []
+        for axis in out_axes:
+            merged: list = []
+            for f in axis:
+                if f[0] is None and f[1] == 1:
+                    continue
+                if merged and f[0] is not None and merged[-1][0] == f[0] and not f[3] \
+                        and merged[-1][2] == f[1] * f[2]:
+                    prev = merged.pop()
+                    f = (f[0], prev[1] * f[1], f[2], prev[3])
+                merged.append(f)
+            axes.append(tuple((f[0], f[1]) if f[2] == 1 and f[3] else f for f in merged))
+        why = {d: w for d, w in g.why.items() if w.startswith("concatenated")}
+        why.update({d: f"split by {label}" for d in lost})
         for layout in axes:
-            spatial = {f[0] for f in layout if f[0] is not None}
-            if spatial and len(layout) > 1:
-                for d in spatial:
-                    if g.dims[d] is not None:
-                        why.setdefault(d, g.why.get(d) or f"merged with other axes by {label}")
-        out = _Geo(g.dims, axes, why)
+            for f in layout:
+                d = f[0]
+                if d is None or g.dims[d] is None:
+                    continue
+                old = g.why.get(d, "")
+                if len(f) == 4:
+                    why.setdefault(d, old if old.startswith("split") else f"split by {label}")
+                elif len(layout) > 1:
+                    why.setdefault(d, old if old.startswith("merged") else
+                                   f"merged with other axes by {label}")
+        out = _Geo(g.dims, tuple(axes), why)
         if any(d not in g.why for d in why):
             self._record(node, kind, out)
         return out
@@ -1407,8 +1476,8 @@ class _GeoSeq(tuple):
 
 
 def _show(layout: tuple) -> str:
-    return "x".join(f"{'spatial ' + str(e) if e is not None else 'channels'}({s})"
-                    for e, s in layout) or "1"
+    return "x".join(f"{'spatial ' + str(f[0]) if f[0] is not None else 'channels'}({f[1]})"
+                    for f in layout) or "1"
 
 
 def _conv_padding(padding: Any, kernel: Sequence[int], dilation: Sequence[int], nd: int
@@ -1594,6 +1663,14 @@ def _analyse(model: nn.Module, size: tuple[int, ...], elementwise: tuple) -> Rec
             maps.append(None)
             continue
         axis = geo.pure_axis(d)
+        piece = geo.piece_axis(d) if axis is None else None
+        spread = geo.spread_axis(d) if axis is None and piece is None else None
+        if piece is not None:  # a space-to-depth output: each position is a block
+            geo = geo.absorb_pieces(d, *piece)
+            dim, axis = geo.dims[d], piece[0]
+        elif spread is not None:  # a depth-to-space output: positions share a source
+            geo = geo.absorb_spread(d, *spread)
+            dim, axis = geo.dims[d], spread[0]
         if axis is None:
             reason = geo.why.get(d, "it is no longer an axis of its own")
             raise DLSummaryError(
