@@ -959,6 +959,11 @@ ax_l.legend(fontsize=7)
 plt.show()
 
 verdicts = {name: diagnose(obs) for name, obs in observations.items()}
+vanishing_obs, exploding_obs = observations["sigmoid, default init"], observations["ReLU, 2 x He init"]
+check("opt.6.A", "vanishing: the early layers stay at their initialisation (first-layer change / last-layer change)",
+      vanishing_obs["weight_change"][0] / vanishing_obs["weight_change"][-1], "<", 1e-6)
+check("opt.6.A", "exploding: the updates throw the weights to non-finite values (first layer's change finite?)",
+      math.isfinite(exploding_obs["weight_change"][0]), "==", False)
 check("opt.6.D", "vanishing is recognised: plateau while the first layer does not move",
       verdicts["sigmoid, default init"], "==", "vanishing")
 check("opt.6.D", "exploding is recognised: the loss is huge and turns non-finite", verdicts["ReLU, 2 x He init"], "==", "exploding")
