@@ -498,10 +498,14 @@ def _checks_html(records: list[dict]) -> str:
         mark = ('<span class="dls-verdict">\u2713</span>' if r.get("passed")
                 else '<span class="dls-verdict dls-failed">FAILED</span>')
         control = ' <span class="dls-control-tag">control</span>' if kind == "control" else ""
-        items.append(
-            f'<li class="dls-{kind}">{mark} {tag}{html.escape(str(r.get("claim")))}: '
-            f'<code>{html.escape(_fmt(r.get("measured")))}</code>, expected '
-            f'<code>{html.escape(str(r.get("expected")))}</code>{control}</li>')
+        measured, expected = _fmt(r.get("measured")), str(r.get("expected"))
+        if expected == f"== {measured}":  # exactly the value required: say it once
+            numbers = f"<code>{html.escape(measured)}</code>, as required"
+        else:
+            numbers = (f"<code>{html.escape(measured)}</code>, expected "
+                       f"<code>{html.escape(expected)}</code>")
+        items.append(f'<li class="dls-{kind}">{mark} {tag}'
+                     f'{html.escape(str(r.get("claim")))}: {numbers}{control}</li>')
     return ('<div class="dls-checks"><p class="dls-checks-title">Checked '
             f'({len(records)})</p><ul>' + "".join(items) + "</ul></div>")
 
@@ -594,8 +598,8 @@ body { overflow-wrap: break-word; }
 .dls-table td:first-child a { font-family: monospace; white-space: nowrap; }
 .dls-table .dls-section-row th { background: #ececf3; }
 .dls-topic { display: block; color: #555; font-size: 12px; }
-.dls-answer { border-left: 4px solid #3a6ea5; background: #f3f7fc; padding: 0.2em 0.8em;
-  margin: 0.4em 0; font-size: 1.05em; }
+.dls-answer { border-left: 4px solid #3a6ea5; background: #f3f7fc; padding: 0.1em 0.8em;
+  margin: 0.3em 0; }
 .dls-checks { border-left: 4px solid #4a9a5a; background: #f4faf5; padding: 0.1em 0.8em;
   margin: 0.3em 0 0.6em 0; font-size: 12px; line-height: 1.35; }
 .dls-checks-title { font-weight: bold; margin: 0.2em 0; }
@@ -608,13 +612,22 @@ body { overflow-wrap: break-word; }
 .dls-checks .dls-control-tag { color: #7a5a12; font-style: italic; }
 details.dls-fold { margin: 0.3em 0; }
 details.dls-fold > summary { cursor: pointer; color: #3a6ea5; font-size: 13px; }
-.dls-back { font-size: 12px; text-align: right; margin: 0.2em 0 1.5em 0; }
+.dls-back { font-size: 12px; text-align: right; margin: 0 0 0.8em 0; }
 .dls-partial { background: #fff4d6; border: 1px solid #e0b84a; padding: 0.5em 1em; }
 /* printed output stays visible, long prints scroll instead of lengthening the page */
-.jp-OutputArea-output pre, .jp-RenderedText pre { overflow: auto; max-height: 18em;
-  font-size: 12px; }
-.jp-RenderedImage img, .jp-OutputArea-output img { max-width: min(100%, 760px);
-  height: auto; }
+.jp-OutputArea-output pre, .jp-RenderedText pre { overflow: auto; max-height: 13em;
+  font-size: 12px; line-height: 1.3; margin: 0.2em 0; white-space: pre;
+  overflow-wrap: normal; }
+/* plots keep their aspect ratio (width and height both follow the limits) */
+.jp-RenderedImage img, .jp-OutputArea-output img { max-width: min(100%, 640px);
+  max-height: 250px; width: auto; height: auto; }
+.jp-Cell { padding-top: 2px; padding-bottom: 2px; }
+/* on a wide page an experiment's printout and its plot sit side by side */
+@media (min-width: 1000px) {
+  .jp-OutputArea { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 0 12px; }
+  .jp-OutputArea-child { flex: 1 1 300px; min-width: 0; width: auto; display: block; }
+  .jp-OutputArea-child:has(img) { flex: 0 1 auto; }
+}
 .jp-RenderedHTMLCommon table { display: block; max-width: 100%; overflow-x: auto; }
 math { overflow-x: auto; max-width: 100%; }
 math[display="block"] { margin: 0.6em 0; font-size: 1.1em; }
