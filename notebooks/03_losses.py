@@ -59,7 +59,7 @@ def first_to_last(flow) -> float:
 #
 # Without a sigmoid (regressing a raw output $\hat y$ onto 0/1), L2 fails the other way: $\hat y=3$ for a hotdog, confidently *correct*, costs $(3-1)^2=4$, and its gradient pulls the prediction back, so far-away correct examples drag the decision boundary.
 #
-# The experiments: (1) the table of losses and gradients, each checked against the closed forms; (2) a one-feature logistic classifier that starts confidently wrong: with cross-entropy gradient descent fixes it in 2 steps, with L2 it needs 37; started neutral ($w=0$), both losses fix it in one step, so what hurts L2 is the confident mistake; (3) least squares on raw outputs: adding hotdogs far on the correct side moves the L2 boundary by about one unit towards the hotdogs, and the cross-entropy boundary hardly at all.
+# The experiments: (1) the table of losses and gradients, each checked against the closed forms; (2) a one-feature logistic classifier that starts confidently wrong: with cross-entropy gradient descent fixes it in 2 steps, with L2 it needs 37 (over ten times as many); started neutral ($w=0$), both losses fix it in one step, so what hurts L2 is the confident mistake; (3) least squares on raw outputs: adding hotdogs far on the correct side moves the L2 boundary by about one unit towards the hotdogs, and the cross-entropy boundary hardly at all.
 
 # %%
 z = torch.tensor([-6.0, -4.0, -2.0, 0.0, 2.0], requires_grad=True)  # logits for a hotdog
@@ -139,6 +139,7 @@ print("gradient-descent steps until accuracy > 90 %:",
 check("losses.1", "from a confidently wrong start, BCE is fixed within 3 steps", steps_to_fix["BCE", -3.0], "<=", 3)
 check("losses.1", "from the same start, L2 needs over 10 times as many steps",
       steps_to_fix["L2", -3.0] / steps_to_fix["BCE", -3.0], ">", 10)
+check("losses.1", "L2 needs about 37 steps", steps_to_fix["L2", -3.0], "~", 37, rel=0.1)
 control("losses.1", "from a neutral start (w=0) L2 is fixed as fast as BCE (within one step of it)",
         steps_to_fix["L2", 0.0] - steps_to_fix["BCE", 0.0], "<=", 1)
 
@@ -167,7 +168,7 @@ l2_clean, bce_clean = boundaries(near_x, near_y)
 l2_far, bce_far = boundaries(torch.cat([near_x, far_x]), torch.cat([near_y, torch.ones(100)]))
 print(f"decision boundary, L2 on raw outputs: {l2_clean:.2f} -> {l2_far:.2f} with the far hotdogs; "
       f"BCE: {bce_clean:.2f} -> {bce_far:.2f}")
-check("losses.1", "far-away correct examples drag L2's boundary by over half a unit", l2_far - l2_clean, ">", 0.5)
+check("losses.1", "far-away correct examples drag L2's boundary by about one unit", l2_far - l2_clean, "~", 1.0, tol=0.25)
 control("losses.1", "the same examples move the BCE boundary by less than 0.1", abs(bce_far - bce_clean), "<", 0.1)
 
 # %% [markdown]
@@ -238,7 +239,7 @@ mlpirate = nn.Sequential(
 # \frac{\partial L}{\partial \mathbf{h}_{0}}=\left(\prod_{l=1}^{25}\mathbf{W}_l^\top\operatorname{diag}\left(\sigma'(\mathbf{a}_l)\right)\right)\frac{\partial L}{\partial \mathbf{h}_{25}},\qquad \sigma'(a)=\sigma(a)\left(1-\sigma(a)\right)\le\frac{1}{4}.
 # $$
 #
-# PyTorch's default `nn.Linear` initialisation, $W_{ij}\sim U(-1/\sqrt{H},1/\sqrt{H})$, has $\operatorname{Var}(W_{ij})=1/(3H)$, so $\mathbf{W}^\top$ scales a random vector by about $1/\sqrt{3}\approx 0.58$; with $\sigma'\approx 0.24$ that is about $0.14$ per layer (measured: $0.145$) and $10^{21}$ over the stack (measured: first layer call over last, $10^{-21}$). The sigmoids are *not* saturated (0 % of units in the flat tails): the maximum slope $1/4$ is already too small. Adam does not rescue a gradient of $10^{-21}$ either: it is far below Adam's $\epsilon=10^{-8}$, so $m/(\sqrt{v}+\epsilon)$ is negligible.
+# PyTorch's default `nn.Linear` initialisation, $W_{ij}\sim U(-1/\sqrt{H},1/\sqrt{H})$, has $\operatorname{Var}(W_{ij})=1/(3H)$, so $\mathbf{W}^\top$ scales a random vector by about $1/\sqrt{3}\approx 0.58$; with $\sigma'\approx 0.24$ that is about $0.14$ per layer (measured: $0.14$) and $10^{21}$ over the stack (measured: first layer call over last, $10^{-21}$). The sigmoids are *not* saturated (0 % of units in the flat tails): the maximum slope $1/4$ is already too small. Adam does not rescue a gradient of $10^{-21}$ either: it is far below Adam's $\epsilon=10^{-8}$, so $m/(\sqrt{v}+\epsilon)$ is negligible.
 #
 # **What `[...]*24` creates.** Multiplying a list repeats *references*: the model has 22,145 parameters instead of the 401,921 of 24 distinct layers, and the hidden stack applies the same map $\mathbf{h}\mapsto\sigma(\mathbf{W}\mathbf{h}+\mathbf{b})$ 24 times. Its Lipschitz constant is at most $\lVert\mathbf{W}\rVert_2/4$ (measured: $0.28$), so iterating it drives every input towards one fixed point (Banach's fixed-point theorem): the spread between examples falls from $0.1$ to float32 rounding. Writing 24 distinct layers fixes the sharing but not the vanishing gradient (measured: still $10^{21}$).
 #
@@ -417,7 +418,7 @@ control("losses.2", "a one-hidden-layer net trained the same way learns (final l
 # %% [markdown]
 # **Why, in detail.** $\tanh(a)=2\sigma(2a)-1$, so $\tanh'(a)=1-\tanh^2(a)\le 1$, and its outputs are centred at 0 (sigmoid's are all positive, which shifts the next layer's pre-activations and gives all incoming weight gradients of a unit the same sign for each example). The per-layer backward factor becomes $\approx\sqrt{H\operatorname{Var}(W_{ij})}\cdot 1=1/\sqrt{3}\approx0.58$ (measured: $0.58$), but $0.58^{25}\approx 10^{-6}$: the gradient still vanishes with depth, and the forward signal still shrinks towards the fixed point $\mathbf{0}$ (measured: the spread between examples falls about $10^{6}$-fold). tanh also still saturates ($\tanh'\to0$ for $|a|\gtrsim 2$), e.g. on un-normalised inputs. The problem is the per-layer gain $\lVert\mathbf{W}^\top\operatorname{diag}(f'(\mathbf{a}))\rVert<1$, which the activation only partly controls.
 #
-# Why Adam escapes with tanh and not with sigmoid: Adam's step is $\eta\,m/(\sqrt{v}+\epsilon)$, about $\eta$ per parameter whatever the gradient's size *as long as it is well above* $\epsilon=10^{-8}$. The tanh network's first-layer gradient is $10^{-6}$ of the last layer's and still above $\epsilon$, so every layer moves at the full rate (measured: the first layer's weights change by several percent); the sigmoid network's is $10^{-21}$ of it, far below $\epsilon$, and its first layer does not move. After Adam's training the tanh network's gradient no longer vanishes (measured: first/last gradient norm about 0.3, up from $10^{-6}$). Relying on this is fragile (deeper stacks push the gradient below $\epsilon$ too); the durable fix is to make the gain 1: Xavier with gain $5/3$ for tanh, or ReLU with He initialisation $\operatorname{Var}(W_{ij})=2/\text{fan-in}$ (the factor 2 compensates for ReLU zeroing half its inputs), plus normalisation layers or residual connections for very deep stacks.
+# Why Adam escapes with tanh and not with sigmoid: Adam's step is $\eta\,m/(\sqrt{v}+\epsilon)$, about $\eta$ per parameter whatever the gradient's size *as long as it is well above* $\epsilon=10^{-8}$. The tanh network's first-layer gradient is $10^{-6}$ of the last layer's and still above $\epsilon$, so every layer moves at the full rate (measured: the first layer's weights change by over 10 %); the sigmoid network's is $10^{-21}$ of it, far below $\epsilon$, and its first layer does not move. After Adam's training the tanh network's gradient no longer vanishes (measured: first/last gradient norm about 0.2, up from $10^{-6}$). Relying on this is fragile (deeper stacks push the gradient below $\epsilon$ too); the durable fix is to make the gain 1: Xavier with gain $5/3$ for tanh, or ReLU with He initialisation $\operatorname{Var}(W_{ij})=2/\text{fan-in}$ (the factor 2 compensates for ReLU zeroing half its inputs), plus normalisation layers or residual connections for very deep stacks.
 #
 # **The experiment.** The same 25-layer network (weight sharing kept) with tanh, tanh with Xavier initialisation and ReLU with He initialisation: one backward pass each, then training. Plain SGD runs at learning rate 0.003, where the Xavier-initialised tanh network learns; Adam runs at 0.001, like the sigmoid network of losses.2.
 
@@ -516,10 +517,10 @@ with gradient_flow(tanh_adam) as trained_flow:
     F.mse_loss(tanh_adam(X), Y).backward()
 print(f"first layer's relative weight change under Adam: tanh {moved['tanh']:.1e}, sigmoid {moved['sigmoid']:.1e}; "
       f"tanh after training: first/last gradient norm {first_to_last(trained_flow):.2f}")
-check("losses.3", "Adam moves default-init tanh's first layer by over 1 %", moved["tanh"], ">", 0.01)
+check("losses.3", "Adam moves default-init tanh's first layer by over 10 %", moved["tanh"], ">", 0.1)
 control("losses.3", "but leaves the sigmoid net's first layer practically unchanged", moved["sigmoid"], "<", 1e-4)
-check("losses.3", "after Adam's training the tanh net's gradient no longer vanishes (first/last)",
-      first_to_last(trained_flow), ">", 1e-2)
+check("losses.3", "after Adam's training the tanh net's gradient no longer vanishes: first/last about 0.2 (log10)",
+      math.log10(first_to_last(trained_flow)), "~", math.log10(0.2), tol=0.5)
 
 # %% [markdown]
 # ### losses.4 · ReLU true or false
