@@ -1,6 +1,6 @@
 """Models of "your own" for the README's examples: run the CLI on them, e.g.
 
-    dlsummary rf examples/my_models.py:small_resnet --input-size 1,3,64,64
+    .venv/bin/dlsummary rf examples/my_models.py:small_resnet_features --input-size 1,3,64,64
 """
 
 from torch import nn
