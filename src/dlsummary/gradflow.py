@@ -374,7 +374,9 @@ class _Recorder(AbstractContextManager):
     def _backward_done(self) -> None:
         self.callback_queued = False
         if self.active and self.dirty:
-            with contextlib.suppress(DLSummaryError):  # nothing yet; the exit reports it
+            # never break the user's backward(): whatever fails here, the exit fills the
+            # result again (the flow stays pending) and reports it
+            with contextlib.suppress(Exception):
                 self._fill_result()
 
     # -- context manager ----------------------------------------------------------------
