@@ -46,14 +46,12 @@
 # stopped being true, its check would fail and this page would not be built.
 #
 # <details class="dls-assignment-notes"><summary>The original assignment's notes to
-# students</summary>
-#
-# > - Clearly mark where your answer begins, e.g. write "**Answer:**" in the beginning of
-# >   your cell.
-# > - Provide a full explanation, even if the question doesn't explicitly state so. We will
-# >   reduce points for partial explanations!
-# > - This notebook should be runnable from start to end without any errors.
-#
-# </details>
+# students</summary><ul>
+# <li>Clearly mark where your answer begins, e.g. write "<strong>Answer:</strong>" in the
+# beginning of your cell.</li>
+# <li>Provide a full explanation, even if the question doesn't explicitly state so. We will
+# reduce points for partial explanations!</li>
+# <li>This notebook should be runnable from start to end without any errors.</li>
+# </ul></details>
 #
 # <div class="dls-summary-here"></div>

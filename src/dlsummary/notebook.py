@@ -270,8 +270,20 @@ def summarise_answer(answer: str, question: str = "") -> str:
         return " ".join(parts)
     # a code block ends the sentence that introduces it ("... as follows:")
     body = re.sub(r":?[ \t]*\n?```.*?```", ". ", body, flags=re.S)
-    first = " ".join(body.strip().split("\n\n", 1)[0].split())
+    paragraphs = body.strip().split("\n\n")
+    first = " ".join(paragraphs[0].split())
     sentence = _first_sentence(first)
+    if sentence.endswith(":") and len(paragraphs) > 1:
+        # a lead-in to a list: the list's items, by their bold titles or first sentences
+        entries = re.findall(r"^\s*(?:[-*]|\d+\.)\s+(.+(?:\n(?!\s*(?:[-*]|\d+\.)\s).+)*)",
+                             "\n\n".join(paragraphs[1:]), re.M)
+        heads = []
+        for entry in entries[:4]:
+            flat = " ".join(entry.split())
+            bold = re.match(r"\*\*(.+?)\*\*", flat)
+            heads.append(bold.group(1).rstrip(".:") if bold else _first_sentence(flat).rstrip("."))
+        if heads:
+            return f"{sentence} {'; '.join(heads)}."
     plain = sentence.replace("*", "").rstrip(".").strip().lower()
     if plain in ("true", "false", "yes", "no"):
         # a bare verdict: add the reason that follows it

@@ -64,9 +64,11 @@ class ReportCellError(DLSummaryError):
         self.cell_index = cell_index
         self.error = error
         self.section = section
-        where = f"question {qid}" if qid else f"the setup of section {section or '?'}"
-        in_file = f"{section}, " if section else ""
-        super().__init__(f"{where} failed ({in_file}cell {cell_index}): {error}")
+        if qid:
+            where = f"question {qid} failed ({section + ', ' if section else ''}cell {cell_index})"
+        else:
+            where = f"the setup of {section or 'the notebook'} failed (cell {cell_index})"
+        super().__init__(f"{where}: {error}")
 
 
 @dataclass(frozen=True)
