@@ -198,6 +198,8 @@ check("vae.1.B", "without the KL term, samples concentrate on fewer digit classe
       kl["class entropy of samples (max 2.30)"] - ae["class entropy of samples (max 2.30)"], ">", 0.5)
 check("vae.1.B", "without the KL term, one class takes a far larger share of the samples (ratio)",
       ae["largest class share of samples (%)"] / kl["largest class share of samples (%)"], ">", 2)
+control("vae.1.B", "with the KL term the largest class takes about 15% (%)",
+        kl["largest class share of samples (%)"], "between", (10, 25))
 check("vae.1.B", "... 40 to 50% of them (%)", ae["largest class share of samples (%)"], "between", (35, 60))
 
 # %% [markdown]
