@@ -99,6 +99,7 @@ def _load(name: str, path: Path | None = None, source: str | None = None) -> Mod
     spec = importlib.util.spec_from_loader(name, loader=None) if source is not None else \
         importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     if source is not None:
         exec(compile(source, f"{BASELINE_COMMIT}:gradients.py", "exec"), module.__dict__)
     else:

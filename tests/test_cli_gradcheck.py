@@ -48,6 +48,22 @@ MODELS = textwrap.dedent(
 
     def not_a_model():
         return 42
+
+
+    class Tagger(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.embed = nn.Embedding(50, 4)
+            self.out = nn.Linear(4, 3)
+
+        def forward(self, ids, mask):
+            return self.out(torch.tanh(self.embed(ids)) * mask.unsqueeze(-1))
+
+
+    def tagger_inputs():
+        ids = torch.randint(0, 50, (2, 5))
+        return ids, torch.ones(2, 5, dtype=torch.bool)
     """
 )
 
@@ -102,6 +118,11 @@ def test_broken_backward_fails_with_exit_1(models: Path) -> None:
         (["{m}:mlp", "--input-size", "3,4", "--directions", "0"], "--directions"),
         (["{m}:mlp", "--input-size", "3,4", "--eps", "-1"], "--eps"),
         (["{m}:mlp"], "--input-size"),
+        (["{m}:mlp", "--input", "3,4:complex"], "unknown dtype"),
+        (["{m}:mlp", "--input", "3,4:long:5..5"], "is empty"),
+        (["{m}:mlp", "--input", "3,4:float:0..5"], "for integer inputs"),
+        (["{m}:mlp", "--input", "3,4", "--input-size", "3,4"], "once"),
+        (["{m}:Tagger", "--input", "2,5:long:0..500", "--input", "2,5:bool"], "index out of"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(models: Path, args: list[str], message: str) -> None:
@@ -115,3 +136,18 @@ def test_bad_input_exits_2_with_one_line(models: Path, args: list[str], message:
 def test_help_has_an_example() -> None:
     result = _run("--help")
     assert result.returncode == 0 and "example:" in result.stdout
+
+
+def test_token_ids_and_a_mask_as_two_inputs(models: Path) -> None:
+    result = _run(f"{models}:Tagger", "--input", "2,5:long:0..50", "--input", "2,5:bool")
+    assert result.returncode == 0, result.stderr
+    assert "(2, 5) int64 in [0, 50), (2, 5) bool" in result.stdout
+    assert "embed.weight" in result.stdout
+
+
+def test_inputs_from_a_callable_and_json_without_a_bar(models: Path) -> None:
+    result = _run(f"{models}:Tagger", "--input-fn", f"{models}:tagger_inputs", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["inputs"] == ["(2, 5) int64", "(2, 5) bool"] and report["passed"]
+    assert result.stderr == ""  # no progress bar, no note
