@@ -5,7 +5,8 @@ run (interleaved, median of repeats), and a naive recorder that reads every stat
 back with ``.item()`` inside its hooks (and norms its gradients in float64), the way one
 would first write it. Target: the recorder's overhead is at most 10 % over the plain pass.
 On a shared machine the best-of-N time (the least disturbed run, as ``timeit`` reports)
-is the figure to compare; the median is printed beside it.
+is the figure to compare, and on the CPU the process CPU time (which leaves out the time
+spent waiting for a core) is the one the verdict uses; the wall times are printed beside.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_gradflow.py``
 """
@@ -134,20 +135,27 @@ def main(batch: int = 4096, repeats: int = 31, device: str | None = None) -> dic
                   f"{median[name] / median['plain']:>10.3f}{1e3 * best_cpu[name]:>13.1f}"
                   f"{best_cpu[name] / best_cpu['plain']:>10.3f}")
         key = "mlpirate" if label == "mlpirate" else "healthy"
-        figures[f"{key}_plain_ms"] = 1e3 * best["plain"]
-        figures[f"{key}_gradient_flow_ms"] = 1e3 * best["gradient_flow"]
+        headline = best_cpu if dev.type == "cpu" else best  # the measure the verdict uses
+        figures[f"{key}_plain_ms"] = 1e3 * headline["plain"]
+        figures[f"{key}_gradient_flow_ms"] = 1e3 * headline["gradient_flow"]
+        figures[f"{key}_plain_wall_ms"] = 1e3 * best["plain"]
+        figures[f"{key}_gradient_flow_wall_ms"] = 1e3 * best["gradient_flow"]
         figures[f"{key}_overhead"] = best["gradient_flow"] / best["plain"] - 1
         figures[f"{key}_overhead_median"] = median["gradient_flow"] / median["plain"] - 1
         figures[f"{key}_naive_overhead"] = best["naive .item()"] / best["plain"] - 1
         figures[f"{key}_overhead_cpu"] = best_cpu["gradient_flow"] / best_cpu["plain"] - 1
-    overhead = figures["mlpirate_overhead"]
+    # on the CPU the verdict uses process CPU time: on a shared machine the wall clock also
+    # counts the time spent waiting for a core, which has nothing to do with the recorder
+    figures["measure"] = "best CPU time" if dev.type == "cpu" else "best wall time"
+    overhead = figures["mlpirate_overhead_cpu" if dev.type == "cpu" else "mlpirate_overhead"]
     figures["overhead"] = overhead
     figures["target_met"] = overhead <= TARGET_OVERHEAD
     verdict = "met" if figures["target_met"] else "NOT met"
-    print(f"target: gradient_flow overhead on mlpirate <= {TARGET_OVERHEAD:.0%}: "
-          f"{overhead:+.1%} best-of-{repeats}, {figures['mlpirate_overhead_median']:+.1%} "
-          f"median, {figures['mlpirate_overhead_cpu']:+.1%} best CPU time ({verdict}); healthy "
-          f"twin {figures['healthy_overhead']:+.1%}")
+    print(f"target: gradient_flow overhead on mlpirate <= {TARGET_OVERHEAD:.0%} "
+          f"({figures['measure']}): {figures['mlpirate_overhead_cpu']:+.1%} best CPU time, "
+          f"{figures['mlpirate_overhead']:+.1%} best wall time of {repeats}, "
+          f"{figures['mlpirate_overhead_median']:+.1%} median wall time ({verdict}); healthy "
+          f"twin {figures['healthy_overhead_cpu']:+.1%} best CPU time")
     return figures
 
 
