@@ -35,6 +35,10 @@ def test_a_failing_check_raises_with_item_claim_measured_and_expected():
     (1.04, "~", 1.0, {"rel": 0.05}, True), (1.06, "~", 1.0, {"rel": 0.05}, False),
     (float("nan"), "~", 1.0, {"tol": 1.0}, False), ("a", "in", ("a", "b"), {}, True),
     ((9, 9), "==", (9, 9), {}, True), (True, "!=", False, {}, True),
+    # lists are compared element by element, never lexicographically
+    ([3.1, 1.0], "between", (2, 5), {}, False), ([3.1, 4.0], "between", (2, 5), {}, True),
+    ([1, 2], "<", 3, {}, True), ([1, 4], "<", 3, {}, False), ([1, 4], "<", [2, 5], {}, True),
+    ([1.0, 2.0], "~", [1.0, 2.1], {"tol": 0.2}, True), ([1.0, 2.0], "~", 1.0, {"tol": 0.5}, False),
 ])
 def test_operators(value, op, threshold, kw, ok):
     if ok:
@@ -50,6 +54,8 @@ def test_operators(value, op, threshold, kw, ok):
     (("cnn.3", "claim", 1, "~", 2), {}, "exactly one of"),
     (("cnn.3", "claim", 1, "<", 2), {"tol": 1}, "only go with"),
     (("cnn.3", "claim", "a", "<", 2), {}, "cannot compare"),
+    (("cnn.3", "claim", [1, 2], "<", [1, 2, 3]), {}, "3 thresholds"),
+    (("cnn.3", "claim", 1, "<", [1, 2]), {}, "single measured value"),
 ])
 def test_misuse_is_a_clear_error(args, kw, words):
     with pytest.raises(DLSummaryError, match=words):

@@ -127,27 +127,53 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _each(item: str, value: Any, threshold: Any, test) -> bool:
+    """``test(v, t)`` for every element: a list of measurements is compared element by
+    element (never lexicographically), against one threshold or a list of the same length."""
+    if not isinstance(value, list):
+        if isinstance(threshold, list):
+            raise DLSummaryError(f"check {item}: a single measured value against a list "
+                                 f"threshold {_fmt(threshold)}")
+        return bool(test(value, threshold))
+    if isinstance(threshold, list):
+        if len(threshold) != len(value):
+            raise DLSummaryError(f"check {item}: {len(value)} measured values against "
+                                 f"{len(threshold)} thresholds")
+        pairs = zip(value, threshold, strict=True)
+    else:
+        pairs = ((v, threshold) for v in value)
+    return all(_each(item, v, t, test) for v, t in pairs)
+
+
 def _compare(item: str, value: Any, op: str, threshold: Any, tol: float | None,
              rel: float | None) -> tuple[bool, str]:
+    each = "each " if isinstance(value, list) and op not in ("==", "!=", "in") else ""
     try:
         if op == "between":
             lo, hi = threshold
-            return lo <= value <= hi, f"in [{_fmt(lo)}, {_fmt(hi)}]"
+            ok = (_each(item, value, lo, lambda v, t: v >= t)
+                  and _each(item, value, hi, lambda v, t: v <= t))
+            return ok, f"{each}in [{_fmt(lo)}, {_fmt(hi)}]"
         if op == "~":
             if (tol is None) == (rel is None):
                 raise DLSummaryError(f"check {item}: '~' needs exactly one of tol= or rel=")
-            margin = tol if tol is not None else rel * abs(threshold)
-            ok = math.isfinite(value) and abs(value - threshold) <= margin
+
+            def close(v: Any, t: Any) -> bool:
+                margin = tol if tol is not None else rel * abs(t)
+                return math.isfinite(v) and abs(v - t) <= margin
+
             spread = f"± {_fmt(tol)}" if tol is not None else f"± {_fmt(100 * rel)}%"
-            return ok, f"≈ {_fmt(threshold)} {spread}"
+            return _each(item, value, threshold, close), f"{each}≈ {_fmt(threshold)} {spread}"
         if op == "in":
             return value in threshold, f"one of {_fmt(threshold)}"
         if tol is not None or rel is not None:
             raise DLSummaryError(f"check {item}: tol=/rel= only go with '~'")
-        ok = {"<": lambda: value < threshold, "<=": lambda: value <= threshold,
-              ">": lambda: value > threshold, ">=": lambda: value >= threshold,
-              "==": lambda: value == threshold, "!=": lambda: value != threshold}[op]()
-        return bool(ok), f"{op} {_fmt(threshold)}"
+        if op in ("==", "!="):
+            ok = (value == threshold) if op == "==" else (value != threshold)
+            return bool(ok), f"{op} {_fmt(threshold)}"
+        test = {"<": lambda v, t: v < t, "<=": lambda v, t: v <= t,
+                ">": lambda v, t: v > t, ">=": lambda v, t: v >= t}[op]
+        return _each(item, value, threshold, test), f"{each}{op} {_fmt(threshold)}"
     except TypeError as err:
         raise DLSummaryError(f"check {item}: cannot compare measured {_fmt(value)} "
                              f"{op} {_fmt(threshold)}: {err}") from None
