@@ -14,7 +14,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.dlsummary-installed
 PIP := $(BIN)/python -m pip install --disable-pip-version-check
 
-.PHONY: setup report test lint bench sync readme clean
+.PHONY: setup report test lint bench notebooks readme clean
 
 report: $(STAMP)
 	$(BIN)/dlsummary report --output build
@@ -36,9 +36,10 @@ bench: $(STAMP)
 readme: $(STAMP)
 	$(BIN)/python tools/readme_examples.py
 
-# Regenerate the committed .ipynb files (no outputs) from the jupytext sources.
-sync: $(STAMP)
-	$(BIN)/jupytext --sync notebooks/[0-9]*.py
+# Write each section's .ipynb (no outputs) beside its jupytext source, to open in Jupyter;
+# they are generated on demand, never committed.
+notebooks: $(STAMP)
+	$(BIN)/dlsummary report --notebooks
 
 $(STAMP): pyproject.toml tools/install_torch.py
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "dlsummary needs Python >= 3.10"'

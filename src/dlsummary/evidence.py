@@ -66,6 +66,10 @@ class Check:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def _ipython_display_(self) -> None:
+        """A check left as a cell's last expression was shown when it ran: show nothing
+        more (no dataclass repr under the check's own line)."""
+
 
 def check(item: str, claim: str, measured: Any, op: str, threshold: Any = None, *,
           tol: float | None = None, rel: float | None = None) -> Check:
