@@ -56,7 +56,7 @@ def _differentiable(sample: Any) -> list[tuple[str, torch.Tensor]]:
             and t.numel() > 0]
 
 
-def main(samples_per_op: int = 2, max_ops: int | None = None) -> dict:
+def main(samples_per_op: int = 2, max_ops: int | None = None, progress_every: int = 0) -> dict:
     """Run the sweep; print and return the counts."""
     from torch.testing._internal.common_methods_invocations import op_db
 
@@ -117,6 +117,9 @@ def main(samples_per_op: int = 2, max_ops: int | None = None) -> dict:
         except Exception:
             skipped += 1
         counts["ops"] += 1 if used else 0
+        if progress_every and counts["ops"] and counts["ops"] % progress_every == 0 and used:
+            print(f"  ... {counts['ops']} ops, {counts['samples']} samples, "
+                  f"{counts['agree']} agree", flush=True)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"{counts['ops']} ops, {counts['samples']} float64 samples: verdicts agree on "
           f"{counts['agree']} ({counts['both_pass']} both pass, {counts['both_fail']} both fail); "
@@ -133,4 +136,4 @@ if __name__ == "__main__":
     parser.add_argument("--samples-per-op", type=int, default=2)
     parser.add_argument("--ops", type=int, default=None, help="only the first N ops")
     options = parser.parse_args()
-    main(options.samples_per_op, options.ops)
+    main(options.samples_per_op, options.ops, progress_every=25)
