@@ -124,6 +124,8 @@ _KERNEL_ARGS = ["--log-level=ERROR", "--HistoryManager.enabled=False"]
 # matplotlib_inline (nor pyplot): its backend hooks itself into the running IPython shell
 # when first imported, which must happen in the kernel, or figures are not shown.
 _PRELOAD = ("numpy", "torch", "torch.nn", "torch.nn.functional", "matplotlib",
+            # torch.optim's first step and torch.func's vmap import torch._dynamo (about 1.5 s)
+            "torch.optim", "torch._dynamo",
             "IPython", "ipykernel.kernelapp", "ipykernel.ipkernel",
             "dlsummary", "dlsummary.utils", "dlsummary.evidence")
 
