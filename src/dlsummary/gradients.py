@@ -472,6 +472,7 @@ class GradientCheck:
     evaluations: int
     seed: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    screened: bool = False  # full check: forward differences first, `method` where they disagree
 
     @property
     def passed(self) -> bool:
@@ -539,9 +540,11 @@ class GradientCheck:
         verdict = "PASSED" if self.passed else "FAILED"
         mode = (f"fast: {self.directions} random directions per tensor" if self.fast
                 else "full: every coordinate")
+        scheme = (f"forward differences, {self.method} where they disagree" if self.screened
+                  else f"{self.method} differences")
         eps = "default per dtype" if self.eps is None else f"{self.eps:.3g}"
         lines = [
-            f"gradient check {verdict} ({mode}; {self.method} differences, eps={eps}, "
+            f"gradient check {verdict} ({mode}; {scheme}, eps={eps}, "
             f"atol={self.atol:g}, rtol={self.rtol:g}; {self.evaluations:,} evaluations)",
         ]
         rows = [("tensor", "shape", "max abs err", "max rel err", "failing", "worst entry: "
@@ -576,6 +579,7 @@ class GradientCheck:
             "passed": self.passed,
             "mode": "fast" if self.fast else "full",
             "method": self.method,
+            "screened": self.screened,
             "eps": self.eps,
             "atol": self.atol,
             "rtol": self.rtol,
@@ -857,7 +861,7 @@ def _run_check(fn: Callable[..., Tensor], tensors: Sequence[Tensor], names: Sequ
         tensors=tuple(results), atol=float(atol), rtol=float(rtol),
         eps=None if eps is None else float(eps), method=method, fast=fast,
         directions=directions if fast else None, evaluations=evaluations,
-        seed=seed if fast else None, notes=notes,
+        seed=seed if fast else None, notes=notes, screened=screening,
     )
 
 
