@@ -55,18 +55,17 @@ N, M, M_OUT, Q = A.shape[0], 3, 4, 2     # nodes, input and output features, ord
 # %% [markdown]
 # **Answer:**
 #
-# **A.** $\mat{Y}$ has shape $(N, M')$ and row $i$ is the new feature vector of node $i$:
-# $$\vec{y}_i = \varphi\Big(\sum_{k=1}^{q}\sum_{j} (\mat{\Delta}^k)_{ij}\, \mat{\alpha}_k^\top \vec{x}_j + \vec{b}\Big).$$
-# It mixes the features of node $i$ and of the nodes within $q$ hops of it, since
-# $(\mat{\Delta}^k)_{ij} = 0$ when $j$ is more than $k$ hops from $i$, weighted by the graph
-# structure and transformed by weights $\mat{\alpha}_k$, $\vec{b}$ shared by all nodes (like a
-# convolution kernel shared by all pixels). Renumbering the nodes renumbers the rows.
+# **A.** Row $i$ of $\mat{Y}$ (shape $(N, M')$) is the new feature vector of node $i$:
+# $$\vec{y}_i = \varphi\Big(\sum_{k=1}^{q}\sum_{j} (\mat{\Delta}^k)_{ij}\, \mat{\alpha}_k^\top \vec{x}_j + \vec{b}\Big),$$
+# a combination of the features of node $i$ and of the nodes within $q$ hops of it
+# ($(\mat{\Delta}^k)_{ij} = 0$ beyond $k$ hops), weighted by the graph structure, with weights
+# $\mat{\alpha}_k$, $\vec{b}$ shared by all nodes, like a convolution kernel shared by all pixels.
 #
-# **B.** Every power $\mat{\Delta}^k$ then has row and column 5 zero, because
-# $(\mat{\Delta}^k)_{5,:} = \mat{\Delta}_{5,:}\mat{\Delta}^{k-1}$. So $\vec{y}_5 = \varphi(\vec{b})$
-# whatever the input: node 5's output carries no information. Node 5's own features never reach
-# another node, and walks through node 5 are cut: the outputs of nodes within $q$ hops of node 5
-# change, those of nodes farther away do not. Nothing fails: the bug is silent.
+# **B.** Every power $\mat{\Delta}^k$ then has row and column 5 zero
+# ($(\mat{\Delta}^k)_{5,:} = \mat{\Delta}_{5,:}\mat{\Delta}^{k-1}$), so $\vec{y}_5 = \varphi(\vec{b})$
+# whatever the input: node 5's output carries no information, and its features reach no other
+# node. Walks through node 5 are cut, so the outputs of nodes within $q$ hops of it change;
+# farther nodes are unaffected. Nothing fails: the bug is silent.
 
 # %% [markdown]
 # **Why, in detail.** $(\mat{\Delta}^k)_{ij}$ is a weighted sum over walks of length $k$
@@ -203,13 +202,11 @@ control("gnn.1.B", "with order q+1 the effect reaches q+1 hops", int((effects[Q 
 
 # %% [markdown]
 # **Answer:** The receptive field of a node is the set of input nodes whose features can
-# influence that node's output. Each layer of order $q$ lets information travel $q$ hops (one
-# hop in the common first-order GCN), so after $L$ layers it is the node's $Lq$-hop
-# neighbourhood: every node within graph (shortest-path) distance $Lq$. As in a CNN it grows
-# linearly with depth, and the order $q$ plays the role of the kernel size; unlike a CNN's
-# fixed box, its size depends on where the node sits in the graph (a corner or low-degree node
-# sees fewer nodes than a central one), and a global readout (pooling over all nodes) makes it
-# the whole graph.
+# influence its output. A layer of order $q$ moves information $q$ hops (one hop in the common
+# first-order GCN), so after $L$ layers it is the node's $Lq$-hop neighbourhood: every node
+# within shortest-path distance $Lq$. As in a CNN it grows linearly with depth, with $q$ in the
+# role of the kernel size; unlike a CNN's fixed box, its size depends on where the node sits
+# (a corner or low-degree node sees fewer nodes), and a global readout makes it the whole graph.
 
 # %% [markdown]
 # **Why, in detail.** Stacking layers composes operators: the output of $L$ layers depends on
