@@ -63,15 +63,14 @@ def influencing_lines(model: nn.Module, x: torch.Tensor, out_index: tuple[int, i
 # Explain the meaning of the term "receptive field" in the context of CNNs.
 
 # %% [markdown]
-# **Answer:** The receptive field of a unit (one element of a layer's feature map) is the
-# region of the input image whose pixels can influence its value; pixels outside it can
-# change arbitrarily without changing the unit. A $k\times k$ convolution sees a $k\times k$
-# window of its input, and a unit of the next layer sees the union of its inputs' fields, so
-# the field grows with depth. With kernel size $k_l$, stride $s_l$ and dilation $d_l$,
+# **Answer:** The receptive field of a unit (one element of a feature map) is the region of
+# the input image whose pixels can influence its value; pixels outside it cannot change it.
+# A unit sees a $k\times k$ window of units below, each with its own field, so the field
+# grows with depth. With kernel size $k_l$, stride $s_l$ and dilation $d_l$,
 # $$r_l = r_{l-1} + d_l\,(k_l-1)\,j_{l-1}, \qquad j_l = j_{l-1}\,s_l, \qquad r_0 = j_0 = 1,$$
 # $j$ being the input distance between neighbouring units. Pooling counts as a layer,
 # element-wise layers change nothing, a global pooling or fully connected layer makes it the
-# whole image. A unit can only detect patterns that fit in its field.
+# whole image. A unit can only detect patterns within its field.
 
 # %% [markdown]
 # **Why, in detail.** So $r_L = 1 + \sum_{l} d_l (k_l-1)\prod_{i<l} s_i$. The deepest
@@ -192,16 +191,15 @@ control("cnn.1", "one 9x9 layer (one path per pixel) shows no such concentration
 # %% [markdown]
 # **Answer:** By $r_l = r_{l-1} + d_l(k_l-1)\,j_{l-1}$ and $j_l = j_{l-1}s_l$:
 #
-# 1. **Kernel size (and depth).** Each layer adds $(k-1)j$: linear growth. Every window pixel
-#    has its own learned weight: a dense, learned combination at full resolution, at the price
-#    of $k^2$ weights per pair of channels.
+# 1. **Kernel size (and depth).** Each layer adds $(k-1)j$: linear growth. A dense, learned
+#    combination of all window pixels at full resolution, at $k^2$ weights per channel pair.
 # 2. **Stride or pooling.** Stride $s$ multiplies the jump of all later layers: exponential
-#    growth without extra weights, but the resolution drops $s$-fold per layer. Max pooling
-#    keeps the strongest response per window, average pooling a fixed mean (neither is
-#    learned); a strided convolution is learned but evaluated only every $s$ pixels.
+#    growth without extra weights, but resolution drops $s$-fold. Max pooling keeps the
+#    strongest response, average pooling a fixed mean (neither learned); a strided
+#    convolution is learned but evaluated only every $s$ pixels.
 # 3. **Dilation.** $k$ taps spaced $d$ apart span $d(k-1)+1$ pixels: with $d_l = 2^{l}$
-#    exponential growth at full resolution without extra weights, but it combines sparse,
-#    far-apart samples; a constant dilation sees only a lattice of pixels ("gridding").
+#    exponential growth at full resolution, no extra weights, but it combines sparse,
+#    far-apart samples; constant dilation sees only a lattice ("gridding").
 
 # %% [markdown]
 # **Why, in detail.** Stacking small kernels is cheaper than one big one for the same field
@@ -368,8 +366,7 @@ cnn(torch.rand(size=(1, 3, 1024, 1024), dtype=torch.float32)).shape
 
 # %% [markdown]
 # **Answer:** $112\times112$ input pixels. With $r_l = r_{l-1} + d_l(k_l-1)\,j_{l-1}$,
-# $j_l = j_{l-1}s_l$, the ReLUs changing nothing and each `MaxPool2d(2)` a layer with
-# $k = s = 2$:
+# $j_l = j_{l-1}s_l$, ReLUs changing nothing, each `MaxPool2d(2)` a layer with $k = s = 2$:
 #
 # | layer | $r_l$ | $j_l$ |
 # |---|---|---|
@@ -379,17 +376,17 @@ cnn(torch.rand(size=(1, 3, 1024, 1024), dtype=torch.float32)).shape
 # | MaxPool 2 | $12 + 1\cdot4 = 16$ | 8 |
 # | Conv $7\times7$, dilation 2 | $16 + 2\cdot6\cdot8 = 112$ | 8 |
 #
-# The last layer dominates: its dilated kernel spans $13$ positions, each 8 input pixels
-# apart. Neighbouring output pixels are 8 input pixels apart, and the output is
-# $1\times32\times122\times122$.
+# The dilated last layer dominates: it spans $13$ positions, 8 input pixels apart.
 
 # %% [markdown]
 # **Why, in detail.** Adding kernel sizes ($3+5+7$), or ignoring the pools or the dilation,
 # gives wrong answers. The output shape follows from
 # $n_{out} = \lfloor (n_{in} + 2p - d(k-1) - 1)/s \rfloor + 1$: $1024 \to 1024$ (padding 1
 # keeps the size) $\to 512$ (pool) $\to \lfloor(512+4-5)/2\rfloor+1 = 256 \to 128$ (pool)
-# $\to 128 + 6 - 13 + 1 = 122$: the last layer's padding 3 is less than the 6 a dilated
-# $7\times7$ kernel needs to keep the size, so it trims 3 positions on each side. The
+# $\to 128 + 6 - 13 + 1 = 122$, so the output is $1\times32\times122\times122$, with
+# neighbouring output pixels 8 input pixels apart: the last layer's padding 3 is less than
+# the 6 a dilated $7\times7$ kernel needs to keep the size, so it trims 3 positions on each
+# side. The
 # receptive field does not depend on the input size.
 #
 # The effective padding is $P = \sum_l p_l\,j_{l-1} = 1 + 2\cdot2 + 3\cdot8 = 29$, so output
@@ -505,16 +502,14 @@ control("cnn.3", "the clipped analytic box would start at row 0, not 3",
 # Explain the reason for this.
 
 # %% [markdown]
-# **Answer:** The filters represent different functions. For a layer to compute some
-# mapping $H_l$, the plain layer's convolution must be $f_l = H_l$, the residual layer's
-# only the residual $f_l = H_l - I$. A convolution is linear in its filter and the identity
-# is itself a convolution, with the delta filter $\boldsymbol{\delta}$ (1 at the centre tap
-# of the matching input channel, 0 elsewhere), so for the same mapping
+# **Answer:** The filters represent different functions. To compute a mapping $H_l$, the
+# plain layer's convolution must be $f_l = H_l$, the residual layer's only $f_l = H_l - I$.
+# The identity is itself a convolution, with the delta filter $\boldsymbol{\delta}$ (1 at
+# the centre tap of the matching channel, 0 elsewhere), so for the same mapping
 # $$\boldsymbol{\theta}_l^{\text{res}} = \boldsymbol{\theta}_l^{\text{plain}} - \boldsymbol{\delta}.$$
-# Layers of a deep network typically stay close to the identity ($H_l \approx I$), so the plain
-# filters are dominated by a delta (a blur-like positive peak), while the residual filters
-# are small corrections that look completely different (e.g. a negative centre in a
-# positive ring), although both layers compute the same function.
+# Deep-network layers stay close to the identity ($H_l \approx I$), so plain filters are
+# dominated by a delta (a positive peak), while residual filters are small corrections that
+# look completely different (e.g. a negative centre in a positive ring).
 
 # %% [markdown]
 # **Why, in detail.** Subtracting a delta turns a blur (all positive, peak in the centre)

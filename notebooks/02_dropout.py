@@ -63,11 +63,10 @@ def drop_statistics(layer: nn.Module, x: torch.Tensor) -> tuple[float, torch.Ten
 # **Answer:** $q = 1-(1-p_1)(1-p_2) = p_1+p_2-p_1p_2$, here $0.28$. The two layers drop
 # independently, and an activation survives the pair only if both keep it:
 # $P(\text{kept}) = (1-p_1)(1-p_2)$. (Not $p_1+p_2 = 0.3$, which counts twice the units that
-# both layers drop.) The scaling matches too: a survivor of the pair is multiplied by
-# $\frac{1}{1-p_1}\cdot\frac{1}{1-p_2} = \frac{1}{1-q}$, exactly what `nn.Dropout(p=q)`
-# applies. So in both cases each activation is $0$ with probability $q$ and $a/(1-q)$
-# otherwise: the single layer is an exact replacement (and both are the identity in
-# evaluation mode).
+# both layers drop.) The scaling matches too: a survivor is multiplied by
+# $\frac{1}{1-p_1}\cdot\frac{1}{1-p_2} = \frac{1}{1-q}$, as by `nn.Dropout(p=q)`. Each
+# activation is $0$ with probability $q$ and $a/(1-q)$ otherwise: an exact replacement (and
+# both are the identity in evaluation mode).
 
 # %% [markdown]
 # **Why, in detail.** PyTorch's dropout is *inverted* dropout: it divides the kept
@@ -142,14 +141,13 @@ control("dropout.1", "at p2 = 0.9 the naive p1 + p2 is more than 20 s.e. off the
 
 # %% [markdown]
 # **Answer:** **False.** Dropout multiplies each unit by a random $d\in\{0, \frac{1}{1-p}\}$,
-# and either order is a valid regulariser. For ReLU and leaky ReLU, which are positively
-# homogeneous ($\varphi(cz) = c\,\varphi(z)$ for $c\ge0$), $\varphi(dz) = d\,\varphi(z)$: the
-# two placements are the same function, so the order cannot matter. For tanh or sigmoid the
-# orders differ but both work: before tanh a survivor becomes $\tanh\frac{z}{1-p}$ instead
-# of $\frac{\tanh z}{1-p}$ (the expectation is no longer exactly kept); before a sigmoid a
-# dropped unit outputs $\sigma(0)=\frac12$, so it is perturbed rather than silenced. Dropout
-# is also routinely put on the inputs, on attention weights and on residual branches:
-# placement is a design choice, not a rule.
+# and either order is a valid regulariser. For ReLU and leaky ReLU, positively homogeneous
+# ($\varphi(cz) = c\,\varphi(z)$ for $c\ge0$), $\varphi(dz) = d\,\varphi(z)$: the two
+# placements are the same function. For tanh or sigmoid the orders differ but both work:
+# before tanh a survivor becomes $\tanh\frac{z}{1-p}$, not $\frac{\tanh z}{1-p}$ (the
+# expectation is no longer exactly kept); before a sigmoid a dropped unit outputs
+# $\sigma(0)=\frac12$, perturbed rather than silenced. Dropout is also put on inputs,
+# attention weights and residual branches: placement is a design choice, not a rule.
 
 # %% [markdown]
 # **Why, in detail.** With inverted dropout $d = m/(1-p)$, $m\sim\text{Bernoulli}(1-p)$,
@@ -268,15 +266,14 @@ control("dropout.2", "guessing the majority class scores far below the trained n
 
 # %% [markdown]
 # **Answer:** In training, dropout replaces an activation $a$ by $\tilde a = c\,m\,a$, with
-# keep-mask $m\sim\text{Bernoulli}(1-p)$ ($1$ with probability $1-p$, else $0$) and some
-# scale $c$ on the kept units. $a$ is fixed with respect to the dropout noise, so by
-# linearity of expectation
+# keep-mask $m\sim\text{Bernoulli}(1-p)$ ($1$ with probability $1-p$, else $0$) and a
+# scale $c$ on kept units. $a$ is fixed with
+# respect to the dropout noise, so
 # $$\E{\tilde a} = c\,a\,\E{m} = c\,a\,\bigl((1-p)\cdot 1 + p\cdot 0\bigr) = c\,(1-p)\,a .$$
-# $\E{\tilde a} = a$ for every $a$ (take any $a\neq0$ and divide) holds if and only if
-# $c\,(1-p) = 1$, i.e. $c = \dfrac{1}{1-p}$: this scaling suffices and is the only one that
-# does, hence it is required. Without it ($c=1$) the expectation in training is $(1-p)\,a$,
-# and at test time, with dropout off, the next layer would receive inputs $\frac{1}{1-p}$
-# times larger than in training.
+# $\E{\tilde a} = a$ for every $a$ holds if and only if $c\,(1-p) = 1$, i.e.
+# $c = \dfrac{1}{1-p}$: sufficient and the only choice, hence required. Without it the
+# training expectation is $(1-p)\,a$, and at test time, with dropout off, the next layer
+# would receive inputs $\frac{1}{1-p}$ times larger than in training.
 
 # %% [markdown]
 # **Why, in detail.** The original formulation of dropout leaves training unscaled and

@@ -73,15 +73,15 @@ def relative_error(estimate: torch.Tensor, reference: torch.Tensor) -> float:
 
 # %% [markdown]
 # **Answer:** Let $\boldsymbol{z}^{(i)} = \boldsymbol{W}_1\boldsymbol{x}^{(i)} + \boldsymbol{b}_1$,
-# $\boldsymbol{a}^{(i)} = \varphi(\boldsymbol{z}^{(i)})$; the output is one number, so
+# $\boldsymbol{a}^{(i)} = \varphi(\boldsymbol{z}^{(i)})$,
 # $\boldsymbol{W}_2 \in \mathbb{R}^{1\times h}$. With
 # $$\delta^{(i)} = \frac{\partial \ell}{\partial \hat y^{(i)}} = \frac{\hat y^{(i)} - y^{(i)}}{\hat y^{(i)}\,(1-\hat y^{(i)})}, \qquad \boldsymbol{g}^{(i)} = \delta^{(i)}\,\boldsymbol{W}_2^\top \odot \varphi'(\boldsymbol{z}^{(i)}),$$
 # the chain rule gives
 # $$\frac{\partial L_{\mathcal{S}}}{\partial \boldsymbol{W}_2} = \frac{1}{N}\sum_{i} \delta^{(i)}\boldsymbol{a}^{(i)\top} + \lambda\boldsymbol{W}_2, \qquad \frac{\partial L_{\mathcal{S}}}{\partial b_2} = \frac{1}{N}\sum_{i} \delta^{(i)},$$
 # $$\frac{\partial L_{\mathcal{S}}}{\partial \boldsymbol{W}_1} = \frac{1}{N}\sum_{i} \boldsymbol{g}^{(i)}\boldsymbol{x}^{(i)\top} + \lambda\boldsymbol{W}_1, \qquad \frac{\partial L_{\mathcal{S}}}{\partial \boldsymbol{b}_1} = \frac{1}{N}\sum_{i} \boldsymbol{g}^{(i)}, \qquad \frac{\partial L_{\mathcal{S}}}{\partial \boldsymbol{x}^{(i)}} = \frac{1}{N}\boldsymbol{W}_1^\top \boldsymbol{g}^{(i)}.$$
-# The biases and the input are not regularised, so they get no $\lambda$ term. The BCE needs
-# $\hat y \in (0,1)$, which an affine output does not guarantee; with a sigmoid output
-# $\hat y = \sigma(\cdot)$ the same formulas hold with $\delta^{(i)} = \hat y^{(i)} - y^{(i)}$.
+# Biases and input are unregularised (no $\lambda$ term). BCE needs $\hat y \in (0,1)$,
+# which an affine output does not guarantee; with a sigmoid output the same formulas hold
+# with $\delta^{(i)} = \hat y^{(i)} - y^{(i)}$.
 
 # %% [markdown]
 # **Why, in detail.** Shapes: $\boldsymbol{x}^{(i)}\in\mathbb{R}^d$,
@@ -227,21 +227,19 @@ control("backprop.1", "with a sigmoid output the same weights give a finite loss
 # %% [markdown]
 # **Answer:**
 #
-# **A.** Dividing by a vector means nothing, so read the formula per coordinate: each partial
-# derivative of the loss $L(\boldsymbol{\theta})$ is a 1-D derivative along a unit vector
-# $\boldsymbol{e}_j$. Drop the limit and take a small step $\epsilon$:
+# **A.** Dividing by a vector means nothing, so apply it per coordinate: each partial
+# derivative of the loss $L(\boldsymbol{\theta})$ is a 1-D derivative along
+# $\boldsymbol{e}_j$. Drop the limit, take a small step $\epsilon$:
 # $$\frac{\partial L}{\partial \theta_j} \approx \frac{L(\boldsymbol{\theta}+\epsilon\boldsymbol{e}_j) - L(\boldsymbol{\theta})}{\epsilon} \quad\text{or better}\quad \frac{L(\boldsymbol{\theta}+\epsilon\boldsymbol{e}_j) - L(\boldsymbol{\theta}-\epsilon\boldsymbol{e}_j)}{2\epsilon},$$
-# whose errors are $\frac{\epsilon}{2}L''$ and $\frac{\epsilon^2}{6}L'''$. In code: for each
-# parameter entry add $\epsilon$ in place, run the forward pass and loss on the batch,
-# subtract $2\epsilon$, run it again, restore the entry, store the quotient. Only forward
-# passes are needed, which is why it is used to check a hand-written backward.
+# with errors $\frac{\epsilon}{2}L''$ and $\frac{\epsilon^2}{6}L'''$. For each parameter
+# entry: add $\epsilon$ in place, compute the loss, subtract $2\epsilon$, compute it again,
+# restore, store the quotient. Only forward passes are needed.
 #
-# **B.** (1) *Cost:* $2n$ forward passes per gradient for $n$ parameters, against a small
-# constant multiple (about 2 to 3) of one forward pass for reverse-mode AD, whatever $n$.
-# (2) *Accuracy:* truncation plus round-off $\approx u|L|/\epsilon$; even at the best step
-# float32 keeps only about 5 to 6 correct digits, so float64 is needed, while AD is exact to
-# round-off. (3) *The step must be tuned* to the dtype and the function. (4) *Kinks:* at ReLU's
-# $0$ the quotient gives $0.5$, AD a subgradient ($0$). (5) A random loss (dropout) breaks it.
+# **B.** (1) *Cost:* $2n$ forward passes for $n$ parameters, against about 2 to 3 forward
+# passes for reverse-mode AD, whatever $n$. (2) *Accuracy:* truncation plus round-off
+# $\approx u|L|/\epsilon$; float32 keeps only about 5 to 6 correct digits, so float64 is
+# needed; AD is exact to round-off. (3) *The step must be tuned.* (4) *Kinks:* at ReLU's $0$
+# the quotient gives $0.5$, AD a subgradient ($0$). (5) A random loss (dropout) breaks it.
 
 # %% [markdown]
 # **Why, in detail.** By Taylor's theorem the forward quotient is off by
@@ -258,7 +256,9 @@ control("backprop.1", "with a sigmoid output the same weights give a finite loss
 # twice the forward's arithmetic, for the whole gradient. At a kink the two sides of the
 # central quotient straddle the corner and average the one-sided slopes, whereas PyTorch
 # returns the subgradient $0$ for ReLU at $0$. A random loss changes between the two
-# evaluations by far more than $\epsilon\,\partial L/\partial\theta_j$.
+# evaluations by far more than $\epsilon\,\partial L/\partial\theta_j$. Because it needs only
+# forward passes, the method is used to check a hand-written backward pass; its step must be
+# tuned to the dtype and the function.
 #
 # The experiments, each with its control: the per-coordinate loop against autograd (control:
 # one step along all coordinates at once, the naive reading of dividing by $\Delta\vec{x}$);
@@ -506,8 +506,8 @@ print(f"{loss=}")
 # %% [markdown]
 # **Answer:**
 #
-# **A.** Perturb each entry of the tensor the loss reads, in place, restore it, and store the
-# central quotient (perturbing a copy would change nothing):
+# **A.** Perturb each entry in place (a copy would change nothing), restore it, store the
+# central quotient:
 # ```python
 # def numerical_grad(loss_fn, param, eps=1e-6):
 #     grad = torch.zeros_like(param)
@@ -530,7 +530,7 @@ print(f"{loss=}")
 # **B.** `autograd_W, autograd_b = torch.autograd.grad(foo(W, b), (W, b))`.
 #
 # **C.** `torch.allclose(grad_W, autograd_W)` and `torch.allclose(grad_b, autograd_b)` are
-# both `True`: $L$ is linear in $W$ and $b$, so only round-off ($u|L|/\epsilon \approx
+# both `True`: $L$ is linear, so only round-off ($u|L|/\epsilon \approx
 # 2\times10^{-10}$) separates them from the exact
 # $$\frac{\partial L}{\partial W_{jk}} = \dfrac{1}{Nd}\sum_{n} X_{nj}, \qquad \frac{\partial L}{\partial b_k} = \dfrac{1}{d}.$$
 
