@@ -605,9 +605,11 @@ body { overflow-wrap: break-word; }
 .dls-answer { border-left: 4px solid #3a6ea5; background: #f3f7fc; padding: 0.1em 0.8em;
   margin: 0.3em 0; }
 .dls-checks { border-left: 4px solid #4a9a5a; background: #f4faf5; padding: 0.1em 0.8em;
-  margin: 0.3em 0 0.6em 0; font-size: 12px; line-height: 1.35; }
+  margin: 0.3em 0 0.6em 0; font-size: 12px; line-height: 1.25; }
 .dls-checks-title { font-weight: bold; margin: 0.2em 0; }
-.dls-checks ul { margin: 0 0 0.3em 0; padding-left: 0; list-style: none; }
+/* a long list scrolls in its box (its count is in the title), as long prints do */
+.dls-checks ul { margin: 0 0 0.3em 0; padding-left: 0; list-style: none; max-height: 12.5em;
+  overflow-y: auto; }
 .dls-checks li { margin: 0; }
 .dls-checks code { font-size: 11px; background: none; padding: 0; }
 .dls-checks .dls-item { font-weight: bold; color: #333; }
@@ -619,13 +621,14 @@ details.dls-fold > summary { cursor: pointer; color: #3a6ea5; font-size: 13px; }
 .dls-back { font-size: 12px; text-align: right; margin: 0 0 0.8em 0; }
 .dls-partial { background: #fff4d6; border: 1px solid #e0b84a; padding: 0.5em 1em; }
 /* printed output stays visible, long prints scroll instead of lengthening the page */
-.jp-OutputArea-output pre, .jp-RenderedText pre { overflow: auto; max-height: 13em;
+.jp-OutputArea-output pre, .jp-RenderedText pre { overflow: auto; max-height: 9.5em;
   font-size: 12px; line-height: 1.3; margin: 0.2em 0; white-space: pre;
   overflow-wrap: normal; }
 /* plots keep their aspect ratio (width and height both follow the limits) */
 .jp-RenderedImage img, .jp-OutputArea-output img { max-width: min(100%, 640px);
-  max-height: 250px; width: auto; height: auto; }
-.jp-Cell { padding-top: 2px; padding-bottom: 2px; }
+  max-height: 210px; width: auto; height: auto; }
+.jp-Cell { padding-top: 0; padding-bottom: 0; }
+.jp-RenderedHTMLCommon p { margin-bottom: 0.6em; }
 /* on a wide page an experiment's printout and its plot sit side by side */
 @media (min-width: 1000px) {
   .jp-OutputArea { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 0 12px; }
