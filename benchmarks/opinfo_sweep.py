@@ -7,6 +7,15 @@ projected on fixed random weights), checked by both tools with the same toleranc
 Needs the ``expecttest`` package (torch's test helpers import it).
 
 Run: OMP_NUM_THREADS=1 python benchmarks/opinfo_sweep.py [--samples-per-op 2] [--ops N]
+     [--match fft linalg.eig]
+
+Recorded once (torch 2.13.0+cpu, 1 thread, shared 2-core machine, before complex outputs
+were projected): 530 ops, 1,020 samples, verdicts agree on 978; 40 of the 42 others were
+complex-output ops (fft, eig) this script then dropped (they agree now: a rerun of fft,
+linalg.eig and sort gave 44 of 46); the other 2 are sort and msort on 8,000 distinct
+values: check_gradients passes them (no kinks), gradcheck fails them, most likely on its
+reentrancy check of a scatter backward rather than on a gradient value. check_gradients
+179 s, gradcheck 237 s.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ def _scalar_fn(op: Any, sample: Any, positions: list[tuple[str, Any]]):
             o for o in out if isinstance(o, torch.Tensor)]
         total = torch.zeros((), dtype=F64)
         for index, o in enumerate(outs):
-            if o.is_floating_point() and not o.is_complex():
+            if o.is_complex():
+                o = torch.view_as_real(o)  # both parts count
+            if o.is_floating_point():
                 gen = torch.Generator().manual_seed(index + 1)
                 total = total + (o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum()
         return total
@@ -56,7 +67,8 @@ def _differentiable(sample: Any) -> list[tuple[str, torch.Tensor]]:
             and t.numel() > 0]
 
 
-def main(samples_per_op: int = 2, max_ops: int | None = None, progress_every: int = 0) -> dict:
+def main(samples_per_op: int = 2, max_ops: int | None = None, progress_every: int = 0,
+         match: list[str] | None = None) -> dict:
     """Run the sweep; print and return the counts."""
     from torch.testing._internal.common_methods_invocations import op_db
 
@@ -67,6 +79,8 @@ def main(samples_per_op: int = 2, max_ops: int | None = None, progress_every: in
     ours_s = gradcheck_s = 0.0
     ops = [op for op in op_db
            if op.supports_autograd and F64 in op.supported_backward_dtypes("cpu")]
+    if match:
+        ops = [op for op in ops if any(m in op.name for m in match)]
     for op in ops[:max_ops]:
         used = 0
         try:
@@ -135,5 +149,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples-per-op", type=int, default=2)
     parser.add_argument("--ops", type=int, default=None, help="only the first N ops")
+    parser.add_argument("--match", nargs="*", default=None,
+                        help="only ops whose name contains one of these strings")
     options = parser.parse_args()
-    main(options.samples_per_op, options.ops, progress_every=25)
+    main(options.samples_per_op, options.ops, progress_every=25, match=options.match)
