@@ -211,20 +211,6 @@ mlpirate = nn.Sequential(
     nn.Linear(in_features=H, out_features=1),
 )
 
-# %%
-import torch.nn as nn
-
-N = 42  # number of known global pirate hot spots
-H = 128
-mlpirate = nn.Sequential(
-    nn.Linear(in_features=N, out_features=H),
-    nn.Sigmoid(),
-    *[
-        nn.Linear(in_features=H, out_features=H), nn.Sigmoid(),
-    ]*24,
-    nn.Linear(in_features=H, out_features=1),
-)
-
 # %% [markdown]
 # While training your model you notice that the loss reaches a plateau after only a few
 # iterations. It seems that your model is no longer training. What is the most likely cause?
