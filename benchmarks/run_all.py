@@ -90,6 +90,18 @@ def rows_gradients(f: dict) -> list[tuple]:
     rows.append(("gradient check", "`check_gradients` vs `torch.autograd.gradcheck`",
                  f"{g['check_gradients_s']:.3f} s", f"{g['gradcheck_s']:.3f} s",
                  f"{g['speedup']:.1f}x", f">= {g['target']:g}x", mark(g["speedup"] >= g["target"])))
+    unet = f.get("unet", {}).get("runs", {})
+    ours = unet.get("ours")
+    for label, target in (("previous, loop (its pick under load)", 5.0),
+                          ("previous, its timed trial", None),
+                          ("torch.autograd.gradcheck", 1.0)):
+        if ours and label in unet:
+            ratio = unet[label]["cpu_s"] / ours["cpu_s"]
+            rows.append(("gradient check", f"full check of a {f['unet']['parameters']:,}-parameter "
+                         f"U-Net (1x3x16x16) vs {label}, CPU time",
+                         f"{ours['cpu_s']:.2f} s", f"{unet[label]['cpu_s']:.2f} s",
+                         f"{ratio:.1f}x", "none set" if target is None else f">= {target:g}x",
+                         "" if target is None else mark(ratio >= target)))
     fl = f["floor"]
     rows.append(("numerical gradient", "evaluation-equivalents per input (cheap case)",
                  f"{fl['evaluations_per_input']:.1f}", "", "", f"floor {fl['floor']:g}", ""))
