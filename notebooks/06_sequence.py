@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
 
 from dlsummary import plot_style, seed_everything
 from dlsummary.evidence import check, control
@@ -52,7 +53,7 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | N
 # **B.** Yes. Fed as one-hot vectors, the first linear layer computes $\boldsymbol{W}\boldsymbol{o}_{x_t} = \boldsymbol{W}[:, x_t]$: it *is* an embedding ($\boldsymbol{E} = \boldsymbol{W}^\top$), trains just as well, but costs $V$ times more input and compute. Fed as raw numbers, the ids put all tokens on one line in the arbitrary vocabulary order ($x_t \boldsymbol{a} + \boldsymbol{b}$), so tokens with neighbouring ids look alike whatever they mean: the model trains, but to a much lower accuracy.
 
 # %% [markdown]
-# **Why, in detail.** A sentiment task on random token sequences: 40 token ids, 8 of them positive words and 8 negative, the rest neutral; a sequence of 10 tokens is positive when it has more positive than negative words. The same model (a vector per token, ReLU, mean over the sequence, a linear classifier) is fed through an embedding, through one-hot vectors and through raw ids, two seeds each. With an embedding or one-hot inputs the model solves the task; with raw ids it stays between 50% and 60%, because it must carve arbitrary sets of ids out of one line with a few ReLU units. The one-hot model's token vectors are exactly the rows $\boldsymbol{W}^\top[x_t]$, bit for bit.
+# **Why, in detail.** A sentiment task on random token sequences: 40 token ids, 8 of them positive words and 8 negative, the rest neutral; a sequence of 10 tokens is positive when it has more positive than negative words. The same model (a vector per token, ReLU, mean over the sequence, a linear classifier) is fed through an embedding, through one-hot vectors and through raw ids, two seeds each. With an embedding or one-hot inputs the model solves the task; with raw ids it stays between 50% and 60%, because it must carve arbitrary sets of ids out of one line with a few ReLU units. The one-hot model's token vectors are exactly the rows $\boldsymbol{W}^\top[x_t]$, bit for bit. The cost, counted by PyTorch's FLOP counter on the test set: the one-hot layer does $V d = 640$ multiply-adds per token, the lookup none (it copies $d$ numbers); the one-hot input is also $V$ numbers per token instead of one id.
 #
 # What the learned vectors look like: the model uses each word through $\operatorname{ReLU}(\boldsymbol{e}_i)$. Same-sentiment words get similar vectors (mean cosine about 0.4 or more within each sentiment, about 0 between opposite sentiments), while the same measurement on the untrained embedding shows no such grouping; every positive word pushes the classifier's margin $(\boldsymbol{w}_{+} - \boldsymbol{w}_{-})^\top \operatorname{ReLU}(\boldsymbol{e}_i)$ up, every negative word down, and neutral words contribute little.
 
@@ -128,6 +129,19 @@ check("seq.1.A", "with an embedding the model solves the task (both seeds)",
 check("seq.1.B", "one-hot inputs train as well as an embedding (both seeds)", worst["one-hot"], ">", 0.97)
 control("seq.1.B", "raw ids as numbers: the best seed stays far below the worst embedding run",
         worst["embedding"] - best_raw, ">", 0.3)
+
+# The cost: FLOPs counted by PyTorch for the first layer on the test set (2 per multiply-add).
+def first_layer_flops(model: BagClassifier) -> int:
+    with FlopCounterMode(display=False) as counter:
+        model.token_vectors(test_x)
+    return counter.get_total_flops()
+
+
+macs_per_token = {fe: first_layer_flops(results[fe][0][0]) / 2 / test_x.numel() for fe in front_ends[:2]}
+print("first layer, multiply-adds per token: " + ", ".join(f"{fe} {m:g}" for fe, m in macs_per_token.items()))
+check("seq.1.B", "one-hot inputs cost V x d multiply-adds per token", macs_per_token["one-hot"], "==", V * DIM)
+control("seq.1.B", "the embedding lookup costs no multiply-adds (it copies d numbers)",
+        macs_per_token["embedding"], "==", 0)
 
 # %%
 def word_geometry(model: BagClassifier) -> dict[str, float]:
@@ -277,7 +291,7 @@ check("seq.2.B", "the lookup equals one_hot(ids) @ weight",
 # %% [markdown]
 # **Why, in detail.** A recurrent network applies $\boldsymbol{h}_t = f_\theta(\boldsymbol{h}_{t-1}, \boldsymbol{x}_t)$ along the sequence; the full gradient $\partial L_t / \partial \theta$ contains products $\prod_k \partial \boldsymbol{h}_k / \partial \boldsymbol{h}_{k-1}$ reaching back to $t = 0$. TBPTT processes segments of $S$ steps in order; each segment's forward pass starts from the previous segment's final state (so information flows forward through the whole stream), but that state is a constant for the backward pass, and the weights are updated after every segment. The forward computation, and so the loss, is the same as without truncation.
 #
-# *A, measured.* A small RNN on a sequence of $T = 12$ steps, $S = 4$, in float64. Finite differences (no backpropagation involved) of the cut-graph loss agree with TBPTT's gradient to about $10^{-10}$ relative error; against the full gradient TBPTT differs by about 10%; with $S = T$ it is the full gradient.
+# *A, measured.* A small RNN on a sequence of $T = 12$ steps, $S = 4$, in float64. Finite differences (no backpropagation involved) of the cut-graph loss agree with TBPTT's gradient to about $10^{-10}$ relative error; against the full gradient TBPTT differs by about 10%; with $S = T$ it is the full gradient. Without the detach the graph behind each segment's loss, which backward keeps in memory and traverses, grows with every segment (counted in autograd nodes: after 16 segments about 12 times the first segment's); with it the graph is the same size at every segment.
 #
 # *B and C, measured: a latch.* Token 0 is a blank, token $1 + v$ a marker of value $v \in \{0, 1, 2, 3\}$; the target at every step is the value of the last marker seen (chance 0.25). With markers rare (12% of steps), most targets depend on a marker in an *earlier* segment. A GRU is trained with $S = 4$ in three ways, and all are measured on the ordered test stream, accuracy by the age of the marker to recall:
 # - proper TBPTT recalls markers of every age (about 0.92 or more, also 16+ steps old);
@@ -365,6 +379,34 @@ control("seq.3.A", "it is not the derivative of the full loss: they differ by ab
 check("seq.3.A", "the same finite differences confirm full BPTT on the full loss",
       rel(g_full, fd_full), "<", 1e-8)
 check("seq.3.A", "with S = T, TBPTT is plain BPTT", rel(g_whole, g_full), "<", 1e-12)
+
+
+# B (2): what detaching bounds: the autograd graph behind each segment's loss, which backward
+# keeps in memory and traverses, counted in nodes after k segments of S = 4 steps.
+def graph_size(tensor: torch.Tensor) -> int:
+    seen, stack = set(), [tensor.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(parent for parent, _ in node.next_functions)
+    return len(seen)
+
+
+graph_nodes = {}
+for detach in (True, False):
+    h, sizes = None, []
+    for _ in range(16):
+        loss, h = segment_loss(theta0.clone().requires_grad_(), 0, S_SEG, h)  # a new segment (same data)
+        sizes.append(graph_size(loss))
+        h = h.detach() if detach else h
+    graph_nodes["detached" if detach else "not detached"] = sizes
+print("autograd graph behind segment k's loss (nodes), k = 1, 4, 16: "
+      + "; ".join(f"{name} {s[0]}, {s[3]}, {s[15]}" for name, s in graph_nodes.items()))
+check("seq.3.B", "with the state detached the graph stays the same size however many segments",
+      graph_nodes["detached"][15] / graph_nodes["detached"][0], "==", 1)
+control("seq.3.B", "without the detach it grows with the stream (16 segments: about 12 times)",
+        graph_nodes["not detached"][15] / graph_nodes["not detached"][0], ">", 8)
 
 # %%
 # B and C: a GRU on long token streams, trained with dlsummary.sequence.train_tbptt.
