@@ -204,7 +204,11 @@ control("cnn.1", "one 9x9 layer (one path per pixel) shows no such concentration
 # %% [markdown]
 # **Why, in detail.** Stacking small kernels is cheaper than one big one for the same field
 # (three $3\times3$ layers see $7\times7$ with $27C^2$ weights, one $7\times7$ layer needs
-# $49C^2$) and puts non-linearities in between. In short: larger kernels and depth combine
+# $49C^2$) and puts non-linearities in between. Both are measured on real layers ($C = 16$):
+# the footprints of the two stacks, their counted parameters, and how often one output bends
+# along a straight line through input space (once at most for a $7\times7$ convolution and
+# its ReLU; several times for three $3\times3$ layers with ReLUs; never for the same three
+# without them, which compose to a single linear $7\times7$ map). In short: larger kernels and depth combine
 # all nearby features with learned weights (slow growth, many parameters); strides and
 # pooling summarise neighbourhoods into fewer positions
 # (fast growth, lost resolution, a fixed or subsampled combination); dilation combines
@@ -266,15 +270,37 @@ for kind, row in table.items():
 print(f"{'plain, 9x9 kernels':20s} {'[.., .., .., ' + str(big['rf']) + ']':22s} "
       f"{big['params']:7d}")
 
-three_small = nn.Sequential(*[nn.Conv2d(16, 16, 3, bias=False) for _ in range(3)])
-one_large = nn.Conv2d(16, 16, 7, bias=False)
+three_small = nn.Sequential(nn.Conv2d(16, 16, 3, bias=False), nn.ReLU(),
+                            nn.Conv2d(16, 16, 3, bias=False), nn.ReLU(),
+                            nn.Conv2d(16, 16, 3, bias=False), nn.ReLU())
+one_large = nn.Sequential(nn.Conv2d(16, 16, 7, bias=False), nn.ReLU())
+no_relu = nn.Sequential(*[m for m in three_small if isinstance(m, nn.Conv2d)])  # same weights
 small_rf = empirical_receptive_field(three_small, (1, 16, 32, 32)).size[0]
 large_rf = empirical_receptive_field(one_large, (1, 16, 32, 32)).size[0]
 weights_small = sum(p.numel() for p in three_small.parameters())
-weights_large = one_large.weight.numel()
+weights_large = sum(p.numel() for p in one_large.parameters())
+
+
+def kinks_along_a_line(model: nn.Module, points: int = 1001) -> int:
+    """Corners of the centre output (channel 0) along a straight line through a 7x7x16
+    input: the runs of non-zero second differences of a piecewise-linear function."""
+    gen = torch.Generator().manual_seed(3)
+    start, direction = (torch.randn(16, 7, 7, generator=gen, dtype=torch.float64)
+                        for _ in range(2))
+    t = torch.linspace(-3, 3, points, dtype=torch.float64).view(-1, 1, 1, 1)
+    with torch.no_grad():
+        out = model.double()(start + t * direction)[:, 0].flatten()
+    bent = ((out[2:] - 2 * out[1:-1] + out[:-2]).abs() > 1e-9 * out.abs().max()).int()
+    return int(bent[0]) + int((bent[1:] - bent[:-1] == 1).sum())
+
+
+kinks = {name: kinks_along_a_line(m)
+         for name, m in [("three 3x3 + ReLU", three_small), ("one 7x7 + ReLU", one_large),
+                         ("three 3x3, no ReLU", no_relu)]}
 print(f"three 3x3 layers: field {small_rf}, {weights_small} weights = "
-      f"{weights_small // 16**2} C^2; one 7x7 layer: field {large_rf}, "
-      f"{weights_large // 16**2} C^2")
+      f"{weights_small / 16**2:g} C^2; one 7x7 layer: field {large_rf}, "
+      f"{weights_large} weights = {weights_large / 16**2:g} C^2")
+print("corners of one output along a line through input space:", kinks)
 
 window = torch.arange(16.0).view(1, 1, 4, 4).requires_grad_(True)
 routed = {}
@@ -326,8 +352,14 @@ control("cnn.2", "reaching about the same field with bigger kernels (9x9) costs 
 check("cnn.2", "that 9x9 stack's field is comparable (33 vs 31)", big["rf"], "between", (31, 35))
 check("cnn.2", "three 3x3 layers see 7x7, as one 7x7 layer does", [small_rf, large_rf], "==",
       [7, 7])
-check("cnn.2", "with 27 C^2 weights against 49 C^2", [weights_small / 16**2,
-                                                       weights_large / 16**2], "==", [27, 49])
+check("cnn.2", "with fewer weights: the parameters of the two stacks, counted, per C^2 "
+      "(27 against 49)", [weights_small / 16**2, weights_large / 16**2], "==", [27, 49])
+check("cnn.2", "and more non-linearities: one output of the 3x3 stack bends more than once "
+      "along a line through input space (corners)", kinks["three 3x3 + ReLU"], ">", 3)
+control("cnn.2", "one 7x7 layer with its ReLU bends at most once along the same line",
+        kinks["one 7x7 + ReLU"], "<=", 1)
+control("cnn.2", "and without the ReLUs in between the 3x3 stack is linear: no corners",
+        kinks["three 3x3, no ReLU"], "==", 0)
 check("cnn.2", "only striding loses resolution: output sizes (stride, plain, dilated)",
       [strided["output"][0], plain["output"][0], dilated["output"][0]], "==", [4, 64, 64])
 check("cnn.2", "dense combination: every pixel in the box matters (kernel, stride, dilation "

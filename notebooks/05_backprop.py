@@ -307,28 +307,59 @@ control("backprop.2.A", "one step along all coordinates at once does not give th
         whole_error, ">", 0.5)
 
 # B(1). Cost: numerical gradients take 2n forward passes, AD a constant multiple of one.
+calls = {"forward": 0, "backward": 0}  # counted inside the loss and by a hook on it
+
+
+def counted_loss(*tensors: torch.Tensor) -> torch.Tensor:
+    calls["forward"] += 1
+    loss = small_mlp_loss(*tensors)
+    if loss.requires_grad:
+        loss.register_hook(lambda g: calls.update(backward=calls["backward"] + 1))
+    return loss
+
+
+def calls_made(fn) -> tuple[int, int]:
+    """(forward, backward) passes of the loss that ``fn`` runs, counted as they happen."""
+    calls.update(forward=0, backward=0)
+    fn()
+    return calls["forward"], calls["backward"]
+
+
 rows = []
 for hidden in (2, 8, 32, 128):
     params = mlp_params(hidden)
     n = sum(p.numel() for p in params)
     leaves = [p.clone().requires_grad_() for p in params]
     forward = flops_of(lambda params=params: small_mlp_loss(*params))
-    ad = flops_of(lambda leaves=leaves: torch.autograd.grad(small_mlp_loss(*leaves), leaves))
-    numeric = (flops_of(lambda params=params: [
-        numerical_grad(lambda: small_mlp_loss(*params), p) for p in params])
+    ad_calls: list[tuple[int, int]] = []
+    ad = flops_of(lambda leaves=leaves, ad_calls=ad_calls: ad_calls.append(calls_made(
+        lambda: torch.autograd.grad(counted_loss(*leaves), leaves))))
+    numeric_calls: list[tuple[int, int]] = []
+    numeric = (flops_of(lambda params=params, numeric_calls=numeric_calls: numeric_calls.append(
+        calls_made(lambda: [numerical_grad(lambda: counted_loss(*params), p) for p in params])))
         if hidden <= 8 else None)
-    rows.append(dict(n=n, forward=forward, ad=ad / forward,
-                     numeric=None if numeric is None else numeric / forward))
-print(f"{'n':>6s}{'numerical, in forward passes':>30s}{'AD, in forward passes':>24s}")
+    rows.append(dict(n=n, forward=forward, ad=ad / forward, ad_calls=ad_calls[0],
+                     numeric=None if numeric is None else numeric / forward,
+                     numeric_calls=numeric_calls[0][0] if numeric_calls else None))
+print(f"{'n':>6s}{'numerical, in forward passes':>30s}{'AD, in forward passes':>24s}"
+      f"{'loss calls: numerical':>23s}{'AD (fwd, bwd)':>15s}")
 for r in rows:
     shown = "-" if r["numeric"] is None else f"{r['numeric']:.0f}"
-    print(f"{r['n']:6d}{shown:>30s}{r['ad']:24.2f}")
+    shown_calls = "-" if r["numeric_calls"] is None else str(r["numeric_calls"])
+    print(f"{r['n']:6d}{shown:>30s}{r['ad']:24.2f}{shown_calls:>23s}{str(r['ad_calls']):>15s}")
 
 log_n = [math.log(r["n"]) for r in rows]
 ad_slope = (math.log(rows[-1]["ad"]) - math.log(rows[0]["ad"])) / (log_n[-1] - log_n[0])
 counted = [r for r in rows if r["numeric"] is not None]
 check("backprop.2.B", "numerical gradients cost 2n forward passes (counted arithmetic)",
       max(abs(r["numeric"] / (2 * r["n"]) - 1) for r in counted), "<", 1e-9)
+check("backprop.2.B", "and 2n calls of the loss, counted inside it as the loop runs "
+      "(calls / n)", [r["numeric_calls"] / r["n"] for r in counted], "==", [2.0] * len(counted))
+control("backprop.2.B", "autograd calls the loss once and runs one backward pass, whatever n "
+        "(the most of either, n = 42 to 2688)",
+        max(max(r["ad_calls"]) for r in rows), "==", 1)
+control("backprop.2.B", "so the numerical loop's calls grow n-fold against AD's one "
+        "(calls at the largest counted n)", counted[-1]["numeric_calls"], ">", 100)
 check("backprop.2.B", "AD costs a small constant multiple (2 to 3) of one forward pass: "
       "the largest, over n", max(r["ad"] for r in rows), "between", (1.5, 3.5))
 control("backprop.2.B", "AD's cost per forward pass does not grow with n (log-log slope)",
