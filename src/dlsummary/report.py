@@ -556,11 +556,21 @@ def _arrange(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     owners = question_of_cell(nb)
     out = nbformat.v4.new_notebook(metadata=nbformat.from_dict(dict(nb.metadata)))
 
+    checks_cell: dict[str, nbformat.NotebookNode] = {}
+
     def back_link(qid: str) -> None:
+        """The way back to the summary: on the line of the question's "Checked" title (no
+        line of its own), or, for a question without checks, after its last cell."""
         anchor = "q-" + qid.replace(".", "-")
+        link = f'<a href="#row-{anchor}">&uarr; back to the summary</a>'
+        if qid in checks_cell:
+            cell = checks_cell[qid]
+            cell.source = cell.source.replace(
+                '<p class="dls-checks-title">',
+                f'<p class="dls-checks-title"><span class="dls-back">{link}</span>', 1)
+            return
         out.cells.append(nbformat.v4.new_markdown_cell(
-            f'<p class="dls-back"><a href="#row-{anchor}">&uarr; back to the summary</a></p>',
-            metadata={"dlsummary": {"role": "back"}}))
+            f'<p class="dls-back">{link}</p>', metadata={"dlsummary": {"role": "back"}}))
 
     for index, cell in enumerate(nb.cells):
         if index > 0 and owners[index - 1] and owners[index] != owners[index - 1]:
@@ -582,6 +592,8 @@ def _arrange(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if index in by_answer and by_answer[index]:
             out.cells.append(nbformat.v4.new_markdown_cell(
                 _checks_html(by_answer[index]), metadata={"dlsummary": {"role": "checks"}}))
+            if owners[index]:
+                checks_cell[owners[index]] = out.cells[-1]
     if owners and owners[-1]:
         back_link(owners[-1])
     return out
@@ -593,10 +605,10 @@ main { max-width: 1100px; margin: 0 auto; }
 body { overflow-wrap: break-word; }
 .jp-Notebook { padding-left: 8px; padding-right: 8px; }
 .dls-summary { margin: 1em 0 2em 0; padding: 0.5em 1.5em; background: #f7f7fa;
-  border: 1px solid #ddd; border-radius: 6px; font-size: 14px; }
+  border: 1px solid #ddd; border-radius: 6px; font-size: 13px; }
 .dls-summary ol { columns: 2; }
 .dls-table { border-collapse: collapse; width: 100%; table-layout: fixed; }
-.dls-table td, .dls-table th { border-bottom: 1px solid #ddd; padding: 4px 8px;
+.dls-table td, .dls-table th { border-bottom: 1px solid #ddd; padding: 2px 6px;
   text-align: left; vertical-align: top; overflow-wrap: anywhere; }
 .dls-table col.dls-idcol { width: 11em; }
 .dls-table td:first-child a { font-family: monospace; white-space: nowrap; }
@@ -608,7 +620,7 @@ body { overflow-wrap: break-word; }
   margin: 0.3em 0 0.6em 0; font-size: 12px; line-height: 1.25; }
 .dls-checks-title { font-weight: bold; margin: 0.2em 0; }
 /* a long list scrolls in its box (its count is in the title), as long prints do */
-.dls-checks ul { margin: 0 0 0.3em 0; padding-left: 0; list-style: none; max-height: 12.5em;
+.dls-checks ul { margin: 0 0 0.3em 0; padding-left: 0; list-style: none; max-height: 9em;
   overflow-y: auto; }
 .dls-checks li { margin: 0; }
 .dls-checks code { font-size: 11px; background: none; padding: 0; }
@@ -616,19 +628,24 @@ body { overflow-wrap: break-word; }
 .dls-checks .dls-verdict { color: #2d6a3a; font-weight: bold; }
 .dls-checks .dls-failed { color: #a00; }
 .dls-checks .dls-control-tag { color: #7a5a12; font-style: italic; }
-details.dls-fold { margin: 0.3em 0; }
-details.dls-fold > summary { cursor: pointer; color: #3a6ea5; font-size: 13px; }
+details.dls-fold { margin: 0.1em 0; }
+details.dls-fold > summary { cursor: pointer; color: #3a6ea5; font-size: 12px; }
 .dls-back { font-size: 12px; text-align: right; margin: 0 0 0.8em 0; }
+.dls-checks-title .dls-back { float: right; margin: 0; font-weight: normal; }
 .dls-partial { background: #fff4d6; border: 1px solid #e0b84a; padding: 0.5em 1em; }
 /* printed output stays visible, long prints scroll instead of lengthening the page */
-.jp-OutputArea-output pre, .jp-RenderedText pre { overflow: auto; max-height: 9.5em;
+.jp-OutputArea-output pre, .jp-RenderedText pre { overflow: auto; max-height: 8.2em;
   font-size: 12px; line-height: 1.3; margin: 0.2em 0; white-space: pre;
   overflow-wrap: normal; }
 /* plots keep their aspect ratio (width and height both follow the limits) */
 .jp-RenderedImage img, .jp-OutputArea-output img { max-width: min(100%, 640px);
-  max-height: 210px; width: auto; height: auto; }
+  max-height: 190px; width: auto; height: auto; }
 .jp-Cell { padding-top: 0; padding-bottom: 0; }
 .jp-RenderedHTMLCommon p { margin-bottom: 0.6em; }
+.jp-RenderedHTMLCommon h3 { margin-top: 0.8em; margin-bottom: 0.4em; }
+.jp-Cell-outputWrapper { margin-top: 0; }
+.jp-OutputArea-child { margin-top: 0; margin-bottom: 0; }
+.jp-OutputArea-output { padding-top: 0; padding-bottom: 0; margin-top: 0; margin-bottom: 2px; }
 /* on a wide page an experiment's printout and its plot sit side by side */
 @media (min-width: 1000px) {
   .jp-OutputArea { display: flex; flex-wrap: wrap; align-items: flex-start; gap: 0 12px; }
