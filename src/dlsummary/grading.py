@@ -324,7 +324,7 @@ def _run_code_tasks(nb: nbformat.NotebookNode, code: dict[str, list[str]],
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
-    from dlsummary.report import KERNEL_NAME, _kernel_spec_dir
+    from dlsummary.report import KERNEL_NAME, fresh_kernels
 
     run = nbformat.from_dict(json.loads(json.dumps(nb)))
     run.cells.insert(0, nbformat.v4.new_code_cell(_NO_NETWORK))
@@ -334,25 +334,15 @@ def _run_code_tasks(nb: nbformat.NotebookNode, code: dict[str, list[str]],
     for function, sources in tasks.values():
         run.cells.append(nbformat.v4.new_code_cell(_grading_cell(function, "\n\n".join(sources))))
     results: dict[str, dict] = {}
-    with _kernel_spec_dir() as spec_dir:
-        import os
-
-        old = os.environ.get("JUPYTER_PATH")
-        os.environ["JUPYTER_PATH"] = spec_dir + (os.pathsep + old if old else "")
+    with fresh_kernels():
+        client = NotebookClient(run, timeout=timeout, kernel_name=KERNEL_NAME,
+                                allow_errors=True, interrupt_on_timeout=True,
+                                resources={"metadata": {"path": str(Path.cwd())}})
         try:
-            client = NotebookClient(run, timeout=timeout, kernel_name=KERNEL_NAME,
-                                    allow_errors=True, interrupt_on_timeout=True,
-                                    resources={"metadata": {"path": str(Path.cwd())}})
-            try:
-                client.execute()
-            except DeadKernelError as err:
-                for task in tasks:
-                    results[task] = {"points": 0.0, "detail": f"the kernel died ({err})"}
-        finally:
-            if old is None:
-                os.environ.pop("JUPYTER_PATH", None)
-            else:
-                os.environ["JUPYTER_PATH"] = old
+            client.execute()
+        except DeadKernelError as err:
+            for task in tasks:
+                results[task] = {"points": 0.0, "detail": f"the kernel died ({err})"}
     for task, cell in zip(tasks, run.cells[first_task:], strict=True):
         if task in results:
             continue

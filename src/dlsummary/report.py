@@ -296,6 +296,23 @@ def _kernels(fork: bool):
                 server.wait()
 
 
+@contextlib.contextmanager
+def fresh_kernels(fork: bool = False):
+    """While inside, kernels named ``KERNEL_NAME`` are fresh kernels of this interpreter
+    (forked from a preloaded server when ``fork``): their spec is found through
+    ``JUPYTER_PATH``, set for this block only. The report and the grader both run in it."""
+    with _kernels(fork) as spec_root:
+        saved = os.environ.get("JUPYTER_PATH")
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [spec_root, saved]))
+        try:
+            yield
+        finally:
+            if saved is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = saved
+
+
 def fork_available() -> bool:
     """Kernels are forked from a preloaded server on Linux unless ``DLSUMMARY_FORK=0``."""
     return sys.platform == "linux" and os.environ.get("DLSUMMARY_FORK", "1") != "0"
@@ -397,17 +414,8 @@ def execute_sections(
         return {}, {}
     if fork is None:  # the server's one start-up pays off once kernels are started in turn
         fork = fork_available() and len(work) > n_jobs
-    with _kernels(fork) as spec_root:
-        # the fresh kernels' spec is found through JUPYTER_PATH, for this call only
-        saved = os.environ.get("JUPYTER_PATH")
-        os.environ["JUPYTER_PATH"] = os.pathsep.join(filter(None, [spec_root, saved]))
-        try:
-            asyncio.run(_execute_all(work, n_jobs, cwd, progress))
-        finally:
-            if saved is None:
-                os.environ.pop("JUPYTER_PATH", None)
-            else:
-                os.environ["JUPYTER_PATH"] = saved
+    with fresh_kernels(fork):
+        asyncio.run(_execute_all(work, n_jobs, cwd, progress))
     section_seconds = {j.section.name: round(j.seconds, 2) for j in work}
     question_seconds: dict[str, float] = {}
     for section, nb in parts:
