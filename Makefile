@@ -12,6 +12,7 @@ TORCH ?= torch==2.13.0
 CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.dlsummary-installed
+BENCH_STAMP := $(VENV)/.dlsummary-bench-installed
 PIP := $(BIN)/python -m pip install --disable-pip-version-check
 
 .PHONY: setup report test lint bench notebooks readme clean
@@ -29,7 +30,8 @@ setup: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks notebooks examples tools
 
-bench: $(STAMP)
+# The benchmarks also time the baselines of the optional 'bench' extra (torchopt).
+bench: $(BENCH_STAMP)
 	$(BIN)/python benchmarks/run_all.py --readme README.md
 
 # Regenerate the README's example outputs (the ```console blocks) from the commands.
@@ -51,6 +53,10 @@ $(STAMP): pyproject.toml tools/install_torch.py
 	$(PIP) -e ".[dev]"
 	@touch $(STAMP)
 	@echo "==> ready: run $(BIN)/dlsummary, or 'source $(BIN)/activate' to type dlsummary"
+
+$(BENCH_STAMP): $(STAMP)
+	$(PIP) -e ".[dev,bench]"
+	@touch $(BENCH_STAMP)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis

@@ -221,6 +221,23 @@ def test_saturation_on_a_large_sorted_batch_is_estimated_evenly():
     assert measure(seq, x).layers[1].saturated_fraction == pytest.approx(exact, abs=0.01)
 
 
+def test_saturation_of_a_wide_layer_is_estimated_from_a_spread_sample():
+    """128 units, 4,096 examples sorted from saturated to not: about 16k values are read
+    (128 evenly spaced examples), and the estimate stays within a percent point."""
+    from dlsummary import gradflow
+
+    ramp = torch.linspace(-10, 10, 4096)[:, None]
+    x = ramp + 0.5 * torch.randn(4096, 128, generator=torch.Generator().manual_seed(0))
+    net = nn.Sequential(nn.Identity(), nn.Sigmoid())
+    s = torch.sigmoid(x)
+    exact = ((s * (1 - s)) < 0.0975 * 0.25).float().mean().item()
+    flow = measure(net, x.requires_grad_())
+    assert flow.layers[1].saturated_fraction == pytest.approx(exact, abs=0.01)
+    examples = max(gradflow.SATURATION_EXAMPLES, gradflow.SATURATION_VALUES // 128)
+    first_rows = ((s[:examples] * (1 - s[:examples])) < 0.0975 * 0.25).float().mean().item()
+    assert abs(first_rows - exact) > 0.3  # control: the first rows alone would be far off
+
+
 # -- diagnosis --------------------------------------------------------------------------
 def test_diagnoses_vanishing_exploding_and_healthy():
     torch.manual_seed(0)
