@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dlsummary.errors import DLSummaryError
@@ -314,8 +315,9 @@ class _Recorder(AbstractContextManager):
             if kind == "rectifying":
                 units = values.reshape(values.shape[0], -1) if values.dim() > 1 \
                     else values.reshape(1, -1)
-                # outputs are >= 0, so a unit's sum over the batch is 0 iff it is dead
-                record["dead"] = (torch.count_nonzero(units.sum(0) == 0), units.shape[1])
+                # outputs are >= 0, so a unit's sum over the batch is 0 iff it is dead;
+                # the live units are counted here (one operation fewer), the dead ones later
+                record["dead"] = (torch.count_nonzero(units.sum(0)), units.shape[1])
             else:
                 if values.dim() > 1:
                     width = values.numel() // values.shape[0]
@@ -323,9 +325,12 @@ class _Recorder(AbstractContextManager):
                     if values.shape[0] > examples:
                         values = values[::-(-values.shape[0] // examples)]
                 centre, half_width = kind
-                # a float sum of 0/1 values: exact below 2^24 values, and 3x faster than
-                # count_nonzero on a boolean tensor
-                saturated = torch.sub(values, centre).abs_().gt_(half_width).sum()
+                # hardshrink zeroes exactly the values with |v - centre| <= half_width: the
+                # saturated ones are what stays non-zero (each operation between two layers
+                # costs far more than its arithmetic, the caches being cold: use few)
+                if centre:
+                    values = torch.sub(values, centre)
+                saturated = torch.count_nonzero(F.hardshrink(values, half_width))
                 record["saturated"] = (saturated, values.numel())
         if tensor.requires_grad:
             def grad_hook(grad: torch.Tensor, record: dict[str, Any] = record) -> None:
@@ -490,7 +495,8 @@ class _Recorder(AbstractContextManager):
             if rec["saturated"] is not None:
                 saturated = values[("saturated", index)] / max(rec["saturated"][1], 1)
             if rec["dead"] is not None:
-                dead = values[("dead", index)] / max(rec["dead"][1], 1)
+                units = rec["dead"][1]
+                dead = (units - values[("dead", index)]) / max(units, 1)
             grad_norm = values.get(("grad", index))
             per_unit = None
             if grad_norm is not None and last is not None:
@@ -724,9 +730,11 @@ def _snrm2() -> Any:
 
 #: A float32 sum of squares is trusted when the root-mean-square value is at least
 #: _SAFE_LOW and the norm at most _SAFE_HIGH. Only elements below 1.1e-19 square to
-#: subnormals and get lost; they hold at most (1.1e-19 / RMS)^2 of the total, below 1e-8
-#: of it for an RMS of 1e-15. Squares overflow float32 above 1.8e19.
-_SAFE_LOW, _SAFE_HIGH = 1e-15, 1e18
+#: subnormals, rounded to a multiple of 1.4e-45: an error of at most 7e-46 / RMS^2 of the
+#: total in all, 7e-14 for an RMS of 1e-16 (and they hold at most (1.1e-19 / RMS)^2
+#: of it, 1.2e-6). Below that RMS, subnormal arithmetic makes the float32 norm slower than
+#: snrm2. Squares overflow float32 above 1.8e19.
+_SAFE_LOW, _SAFE_HIGH = 1e-16, 1e18
 
 
 def _first_float_tensor(output: Any) -> torch.Tensor | None:
