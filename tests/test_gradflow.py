@@ -637,3 +637,12 @@ def test_cuda_matches_cpu():
     for a, b in zip(cpu.layers, gpu.layers, strict=True):
         assert b.grad_output_norm == pytest.approx(a.grad_output_norm, rel=1e-3)
     assert gpu.diagnosis == cpu.diagnosis == "vanishing"
+
+
+def test_nan_outputs_count_as_saturated_and_the_flow_as_exploding():
+    net = nn.Sequential(nn.Identity(), nn.Sigmoid())
+    x = torch.zeros(8, 4)
+    x[0, 0] = float("nan")
+    flow = measure(net, x.requires_grad_())
+    assert flow.layers[1].saturated_fraction == pytest.approx(1 / 32)
+    assert flow.diagnosis == "exploding"

@@ -104,7 +104,8 @@ class LayerCall:
     learning rate 1."""
     saturated_fraction: float | None
     """Sigmoid/Tanh only: fraction of output values whose derivative is < 9.75 % of its
-    maximum (on an evenly spaced sample of the batch: see ``SATURATION_VALUES``)."""
+    maximum (on an evenly spaced sample of the batch: see ``SATURATION_VALUES``); NaN
+    outputs count as saturated (no useful gradient passes them either)."""
     dead_fraction: float | None
     """ReLU/ReLU6 only: fraction of units that are zero for every example in the batch."""
     shared: str
