@@ -341,7 +341,7 @@ class _Recorder(AbstractContextManager):
                     self.dirty = True
                     norm = _norm(grad, self.hint_rms)
                     record["grad_norm"] = norm
-                    if norm.__class__ is float and grad.numel():
+                    if isinstance(norm, float) and grad.numel():
                         self.hint_rms = norm / math.sqrt(grad.numel())
             self.handles.append(tensor.register_hook(grad_hook))
 
