@@ -145,6 +145,67 @@ def test_parameter_gradient_is_this_pass_summed_over_calls():
     assert flow.layers[1].param_grad_norm is None and flow.layers[1].weight_norm is None
 
 
+class _Halves(nn.Module):
+    """Returns two outputs, the second half first: a node with several outputs."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b = x.chunk(2, dim=1)
+        return b, a
+
+
+class _First(nn.Module):
+    def forward(self, pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return pair[0] * 3
+
+
+def test_norms_match_with_in_place_activations_and_multi_output_layers():
+    """The gradient of a layer's output as autograd has it, also when the next layer
+    changes that output in place (ReLU(inplace=True)), and for the first of several
+    outputs: checked against the same net built without in-place ops, whose outputs'
+    gradients are retained."""
+    torch.manual_seed(0)
+
+    def build(inplace: bool) -> nn.Sequential:
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 8),
+                             _Halves(), _First(), nn.Tanh())
+
+    net, twin = build(True), build(False)
+    twin.load_state_dict(net.state_dict())
+    x = torch.randn(5, 6)
+    flow = measure(net, x)
+    outs, h = [], x
+    for layer in twin:
+        h = layer(h)
+        first = h[0] if isinstance(h, tuple) else h
+        first.retain_grad()
+        outs.append(first)
+    h.pow(2).mean().backward()
+    expected = [o.grad.norm().item() for o in outs]
+    assert expected[0] != pytest.approx(expected[1], rel=0.05)  # ReLU zeroes some gradient
+    got = [c.grad_output_norm for c in flow.layers]
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_saturation_is_measured_when_the_activation_is_called_with_keywords():
+    torch.manual_seed(0)
+
+    class KeywordCall(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.act = nn.Linear(4, 50), nn.Sigmoid()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(input=self.lin(x) * 10)  # the hook gets no positional input
+
+    net = KeywordCall()
+    x = torch.randn(64, 4)
+    flow = measure(net, x)
+    s = torch.sigmoid(net.lin(x) * 10)
+    exact = ((s * (1 - s)) < 0.0975 * 0.25).float().mean().item()
+    assert 0.2 < exact < 0.9
+    assert flow.layers[1].saturated_fraction == pytest.approx(exact, abs=1e-6)
+
+
 def test_tiny_gradients_do_not_underflow():
     """mlpirate's gradients at the first layers are ~1e-22: a float32 norm returns 0."""
     torch.manual_seed(0)
