@@ -524,11 +524,11 @@ def foo(W, b):
 loss = foo(W, b)
 print(f"{loss=}")
 
-# TODO: Calculate gradients numerically for W and b
+# To fill in: calculate gradients numerically for W and b
 # grad_W =...
 # grad_b =...
 
-# TODO: Compare with autograd using torch.allclose()
+# To fill in: compare with autograd using torch.allclose()
 # autograd_W = ...
 # autograd_b = ...
 # assert torch.allclose(grad_W, autograd_W)
