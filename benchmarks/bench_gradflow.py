@@ -52,18 +52,10 @@ def healthy_pirate(n_inputs: int = 42, hidden: int = 128) -> nn.Sequential:
     return net
 
 
-def _naive_recorder(model: nn.Module) -> Callable[[], None]:
-    """Per-call statistics read back with .item() inside the hooks; returns a remover."""
-    handles = []
-    stats: list[float] = []
-
-    def forward_hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
-        if isinstance(module, (nn.Sigmoid, nn.Tanh)):
-            stats.append(((output - 0.5).abs() > 0.475).float().mean().item())
-        if output.requires_grad:
-            handles.append(output.register_hook(
-                lambda g: stats.append(g.double().norm().item())))
-
+def _hook_leaf_modules(model: nn.Module, forward_hook: Callable[..., None],
+                       handles: list) -> Callable[[], None]:
+    """Put ``forward_hook`` on every leaf module; returns a remover of everything in
+    ``handles`` (where the hooks add the handles of their own backward hooks)."""
     for module in model.modules():
         if not any(True for _ in module.children()):
             handles.append(module.register_forward_hook(forward_hook))
@@ -74,11 +66,26 @@ def _naive_recorder(model: nn.Module) -> Callable[[], None]:
     return remove
 
 
+def _naive_recorder(model: nn.Module) -> Callable[[], None]:
+    """Per-call statistics read back with .item() inside the hooks; returns a remover."""
+    handles: list = []
+    stats: list[float] = []
+
+    def forward_hook(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        if isinstance(module, (nn.Sigmoid, nn.Tanh)):
+            stats.append(((output - 0.5).abs() > 0.475).float().mean().item())
+        if output.requires_grad:
+            handles.append(output.register_hook(
+                lambda g: stats.append(g.double().norm().item())))
+
+    return _hook_leaf_modules(model, forward_hook, handles)
+
+
 def _norm_only_recorder(model: nn.Module) -> Callable[[], None]:
     """The floor: the exact per-call output-gradient norms of ``gradient_flow`` (the same
     norm routine, the same hook type) and nothing else (no saturation, dead units,
     parameter norms or summary); returns a remover."""
-    handles = []
+    handles: list = []
     hint: list[float | None] = [None]
 
     def record(grad: torch.Tensor) -> None:
@@ -91,14 +98,7 @@ def _norm_only_recorder(model: nn.Module) -> Callable[[], None]:
             slot = output.output_nr
             handles.append(output.grad_fn.register_prehook(lambda grads: record(grads[slot])))
 
-    for module in model.modules():
-        if not any(True for _ in module.children()):
-            handles.append(module.register_forward_hook(forward_hook))
-
-    def remove() -> None:
-        for h in handles:
-            h.remove()
-    return remove
+    return _hook_leaf_modules(model, forward_hook, handles)
 
 
 def _time_variants(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int,
@@ -117,24 +117,19 @@ def _time_variants(model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: 
         with gradient_flow(model):
             ((model(x) - y) ** 2).mean().backward()
 
-    def naive() -> None:
-        model.zero_grad(set_to_none=True)
-        remove = _naive_recorder(model)
-        try:
-            ((model(x) - y) ** 2).mean().backward()
-        finally:
-            remove()
+    def with_recorder(install: Callable[[nn.Module], Callable[[], None]]) -> Callable[[], None]:
+        def run() -> None:
+            model.zero_grad(set_to_none=True)
+            remove = install(model)
+            try:
+                ((model(x) - y) ** 2).mean().backward()
+            finally:
+                remove()
+        return run
 
-    def norms_only() -> None:
-        model.zero_grad(set_to_none=True)
-        remove = _norm_only_recorder(model)
-        try:
-            ((model(x) - y) ** 2).mean().backward()
-        finally:
-            remove()
-
-    variants = {"plain": plain, "gradient_flow": recorded, "norms only": norms_only,
-                "naive .item()": naive}
+    variants = {"plain": plain, "gradient_flow": recorded,
+                "norms only": with_recorder(_norm_only_recorder),
+                "naive .item()": with_recorder(_naive_recorder)}
     times: dict[str, list[float]] = {name: [] for name in variants}
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():  # warm-up

@@ -285,6 +285,7 @@ class _Recorder(AbstractContextManager):
         self.call_count: dict[int, int] = {}
         self.param_norm: dict[int, Any] = {}
         self.steps: dict[int, list[dict[str, Any]]] = {}
+        self.kinds: dict[int, Any] = {}  # module id -> saturation edge or "rectifying"
         self.active = False
         self.entered = False
         self.passes = 0
@@ -429,7 +430,6 @@ class _Recorder(AbstractContextManager):
         self.names = _module_names(self.model)
         self.owners = _param_owners(self.model)
         self.active = True
-        self.kinds: dict[int, Any] = {}
         try:
             self.handles.append(self.model.register_forward_hook(self._count_pass))
             for module in _watched_modules(self.model):
